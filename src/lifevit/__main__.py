@@ -1,0 +1,5 @@
+import sys
+
+from lifevit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""``lifevit profile MODEL``: parameters, MACs and throughput of a registered model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("profile", help="parameters, MACs and train/inference throughput of a model")
+    p.add_argument("model", nargs="?", help="registered model name, e.g. deit_tiny_patch4_32_life")
+    p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput measurement")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--iters", type=int, default=10, help="timed steps per throughput measurement")
+    p.add_argument("--no-throughput", action="store_true", help="only count parameters and MACs")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lifevit.profile import profile_model
+
+    if not args.model:
+        raise ValueError("a model name is required, e.g. `lifevit profile deit_tiny_patch4_32_life`")
+    cost = profile_model(
+        args.model,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        batch_size=args.batch_size,
+        device=args.device,
+        throughput=not args.no_throughput,
+        iters=args.iters,
+    )
+    if args.json:
+        print(json.dumps(cost.as_dict(), indent=2))
+        return 0
+    h, w = cost.img_size
+    print(f"model       {cost.model}")
+    print(f"input       {cost.in_chans}x{h}x{w}, {cost.num_classes} classes")
+    print(f"params      {cost.params_m:.2f} M ({cost.params:,})")
+    print(f"MACs        {cost.gmacs:.3f} G per image")
+    if cost.train_img_per_s is not None:
+        mem = lambda v: f", peak {v:.0f} MiB" if v is not None else ""  # noqa: E731
+        print(f"train       {cost.train_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
+              f"{mem(cost.train_peak_mem_mb)})")
+        print(f"inference   {cost.infer_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
+              f"{mem(cost.infer_peak_mem_mb)})")
+    return 0
