@@ -1,0 +1,1 @@
+"""Data sets in their real on-disk formats, transforms and samplers."""

@@ -1,0 +1,131 @@
+"""Fashion-MNIST from its original IDX files (gzipped or not), the embedded default data set.
+
+Looked for, in order: the ``root`` given by the user, ``$LIFEVIT_FASHION_MNIST``, Debian's package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), and torchvision's download layout
+(``<root>/FashionMNIST/raw``). ``download=True`` uses torchvision's downloader for users with internet.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["CLASSES", "DEBIAN_ROOT", "FashionMNIST", "find_fashion_mnist", "load_fashion_mnist", "read_idx"]
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (expected a 0x0000 magic number and a known type code)")
+    dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise ValueError(f"{path}: header says shape {dims} ({expected} bytes) but the file has {len(data) - offset}")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_file(folder: Path, stem: str) -> Optional[Path]:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _candidates(root: Optional[os.PathLike]) -> List[Path]:
+    out: List[Path] = []
+    if root is not None:
+        out += [Path(root), Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
+    if os.environ.get("LIFEVIT_FASHION_MNIST"):
+        out.append(Path(os.environ["LIFEVIT_FASHION_MNIST"]))
+    out.append(DEBIAN_ROOT)
+    return out
+
+
+def find_fashion_mnist(root: Optional[os.PathLike] = None, download: bool = False) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files; raises ``FileNotFoundError`` saying where it looked."""
+    looked = _candidates(root)
+    for folder in looked:
+        if all(_find_file(folder, s) for pair in _FILES.values() for s in pair):
+            return folder
+    if download:
+        from torchvision.datasets import FashionMNIST as TVFashionMNIST
+
+        target = Path(root or "data")
+        TVFashionMNIST(str(target), train=True, download=True)
+        TVFashionMNIST(str(target), train=False, download=True)
+        return target / "FashionMNIST" / "raw"
+    places = "\n  ".join(str(p) for p in looked)
+    raise FileNotFoundError(
+        "Fashion-MNIST not found. Looked for train/t10k *-idx?-ubyte[.gz] files in:\n  "
+        f"{places}\nGet it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs to "
+        f"{DEBIAN_ROOT}), or download it (`--download`, or the files from "
+        "https://github.com/zalandoresearch/fashion-mnist) into a folder passed as --data-root."
+    )
+
+
+def load_fashion_mnist(split: str = "train", root: Optional[os.PathLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of the ``train`` or ``test`` split."""
+    if split not in _FILES:
+        raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+    folder = find_fashion_mnist(root)
+    images = read_idx(_find_file(folder, _FILES[split][0]))
+    labels = read_idx(_find_file(folder, _FILES[split][1])).astype(np.int64)
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise ValueError(f"{folder}: expected images (N, 28, 28) and labels (N,), got {images.shape}, {labels.shape}")
+    return images, labels
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST as PIL images (mode ``L``) and integer targets, like torchvision's datasets.
+
+    Args:
+        root: Folder with the IDX files (see module docs for the search order).
+        split: ``train`` or ``test``.
+        transform: Applied to the PIL image.
+        download: Download with torchvision if no local copy is found.
+    """
+
+    classes = CLASSES
+
+    def __init__(
+        self,
+        root: Optional[os.PathLike] = None,
+        split: str = "train",
+        transform: Optional[Callable] = None,
+        download: bool = False,
+    ) -> None:
+        if download:
+            root = find_fashion_mnist(root, download=True)
+        self.images, labels = load_fashion_mnist(split, root)
+        self.targets = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self.images[index])  # 2-D uint8 -> mode "L"
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
