@@ -160,8 +160,12 @@ def _measure(args, model: str, plain: str, mode: str) -> Dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", nargs="+", default=["deit_tiny_patch4_32:deit_tiny_patch4_32_life",
-                                                    "deit_tiny_patch4_32:naive"], help="PLAIN:LIFE model pairs")
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["deit_tiny_patch4_32:deit_tiny_patch4_32_life", "deit_tiny_patch4_32:naive"],
+        help="PLAIN:LIFE model pairs",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -189,7 +193,9 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name in (plain, life):
                     samples[name].append(_measure(args, name, plain, mode))
-            med = {n: {k: statistics.median(s[k] for s in v) for k in ("step_s", "peak_mb")} for n, v in samples.items()}
+            med = {
+                n: {k: statistics.median(s[k] for s in v) for k in ("step_s", "peak_mb")} for n, v in samples.items()
+            }
             row = dict(
                 plain=plain, life=life, mode=mode,
                 plain_ms=1e3 * med[plain]["step_s"], life_ms=1e3 * med[life]["step_s"],

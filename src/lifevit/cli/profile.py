@@ -47,8 +47,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"MACs        {cost.gmacs:.3f} G per image")
     if cost.train_img_per_s is not None:
         mem = lambda v: f", peak {v:.0f} MiB" if v is not None else ""  # noqa: E731
-        print(f"train       {cost.train_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
-              f"{mem(cost.train_peak_mem_mb)})")
-        print(f"inference   {cost.infer_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
-              f"{mem(cost.infer_peak_mem_mb)})")
+        print(
+            f"train       {cost.train_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
+            f"{mem(cost.train_peak_mem_mb)})"
+        )
+        print(
+            f"inference   {cost.infer_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
+            f"{mem(cost.infer_peak_mem_mb)})"
+        )
     return 0

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 from timm.layers import Attention
+from torch import nn
 
 from .life import LIFE
 
@@ -60,7 +60,7 @@ class LIFEAttention(Attention):
         )
 
     @classmethod
-    def bind(cls, kernel_sizes: Sequence[int] = (3, 5), qkv_norm: bool = False) -> type["LIFEAttention"]:
+    def bind(cls, kernel_sizes: Sequence[int] = (3, 5), qkv_norm: bool = False) -> type[LIFEAttention]:
         """A subclass with other LIFE defaults, for places that take an attention *class* (timm's ``attn_layer``)."""
         ks = tuple(int(k) for k in kernel_sizes)
         name = f"LIFEAttention_k{'_'.join(map(str, ks)) or 'none'}{'_norm' if qkv_norm else ''}"
