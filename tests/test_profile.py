@@ -35,7 +35,7 @@ def test_measure_throughput_trains_and_restores_mode():
     model.eval()
     before = [p.detach().clone() for p in model.parameters()]
     ips, mem = measure_throughput(model, (1, 28, 28), batch_size=4, train=True, warmup=1, iters=2)
-    assert ips > 0 and mem is None  # memory is reported on CUDA only
+    assert ips > 0 and mem is not None and mem >= 0  # CPU: rise of resident memory during the steps
     assert not model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # optimizer stepped
 

@@ -9,6 +9,8 @@ ops (softmax, norms, activations) are not counted, as in the paper's and most pa
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -77,10 +79,39 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int, int]) -> int:
     return counter.get_total_flops() // 2
 
 
-def _peak_memory_mb(device: torch.device) -> Optional[float]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
+def _rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
+
+
+class _PeakRSS:
+    """Samples the process's resident memory every ``interval`` s; ``peak_mb`` is the highest value seen."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval, self.peak_mb = interval, None
+        self._stop = threading.Event()
+
+    def _run(self, start: float) -> None:
+        peak = start
+        while not self._stop.is_set():
+            peak = max(peak, _rss_mb() or peak)
+            time.sleep(self.interval)
+        self.peak_mb = max(peak, _rss_mb() or peak)
+
+    def __enter__(self) -> _PeakRSS:
+        start = _rss_mb()
+        if start is not None:
+            self._thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join()
 
 
 def measure_throughput(
@@ -93,10 +124,13 @@ def measure_throughput(
     num_classes: Optional[int] = None,
 ) -> Tuple[float, Optional[float]]:
     """Images per second of inference (``train=False``) or of a full training step (forward, cross-entropy
-    backward, AdamW step). Returns ``(img_per_s, peak_memory_mb)``; the memory is measured on CUDA only
-    (see ``benchmarks/life_overhead.py`` for CPU peak memory, measured per process).
+    backward, AdamW step), and the peak memory those steps take.
 
-    The median step time over ``iters`` timed steps is used.
+    Returns ``(img_per_s, peak_memory_mb)``: the median step time over ``iters`` timed steps, and on CUDA
+    ``torch.cuda.max_memory_allocated`` over the steps; on CPU the peak resident memory of the whole
+    process during the steps, sampled every 2 ms (``None`` where ``/proc`` is unavailable). Freed memory
+    is not always returned to the OS, so on CPU measure inference before training (as
+    :func:`profile_model` does) or use a fresh process per measurement (``benchmarks/life_overhead.py``).
     """
     param = next(model.parameters())
     device = param.device
@@ -118,21 +152,24 @@ def measure_throughput(
             with torch.inference_mode():
                 model(x)
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    with _PeakRSS() as rss:
+        for _ in range(warmup):
+            step()
+        for _ in range(iters):
+            start = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
     model.train(was_training)
     times.sort()
-    return batch_size / times[len(times) // 2], _peak_memory_mb(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else rss.peak_mb
+    return batch_size / times[len(times) // 2], peak
 
 
 def profile_model(
@@ -185,11 +222,11 @@ def profile_model(
         device=str(torch.device(device)),
         batch_size=batch_size,
     )
-    if throughput:
-        cost.train_img_per_s, cost.train_peak_mem_mb = measure_throughput(
-            model, (c, *hw), batch_size, train=True, iters=iters
-        )
+    if throughput:  # inference first: on CPU, memory freed after training is not always given back
         cost.infer_img_per_s, cost.infer_peak_mem_mb = measure_throughput(
             model, (c, *hw), batch_size, train=False, iters=iters
+        )
+        cost.train_img_per_s, cost.train_peak_mem_mb = measure_throughput(
+            model, (c, *hw), batch_size, train=True, iters=iters
         )
     return cost

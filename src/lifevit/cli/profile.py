@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"params      {cost.params_m:.2f} M ({cost.params:,})")
     print(f"MACs        {cost.gmacs:.3f} G per image")
     if cost.train_img_per_s is not None:
-        mem = lambda v: f", peak {v:.0f} MiB" if v is not None else ""  # noqa: E731
+        where = "allocated" if cost.device.startswith("cuda") else "process RSS"
+        mem = lambda v: f", peak {v:.0f} MiB {where}" if v is not None else ""  # noqa: E731
         print(
             f"train       {cost.train_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
             f"{mem(cost.train_peak_mem_mb)})"
