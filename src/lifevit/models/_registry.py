@@ -43,6 +43,6 @@ def cfg(input_size=(3, 224, 224), num_classes: int = 1000, mean=None, std=None, 
         "std": std or IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
-        "license": "apache-2.0",
+        "license": "mit",
         **kwargs,
     }
