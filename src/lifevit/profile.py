@@ -19,7 +19,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["ModelCost", "count_params", "count_macs", "measure_throughput", "profile_model"]
+__all__ = [
+    "ModelCost",
+    "count_params",
+    "count_macs",
+    "measure_throughput",
+    "profile_model",
+    "PAPER_COST_TABLE",
+    "paper_cost_table",
+]
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -230,3 +238,63 @@ def profile_model(
             model, (c, *hw), batch_size, train=True, iters=iters
         )
     return cost
+
+
+# ------------------------------------------------------------------------------------------ the paper's cost table
+@dataclass(frozen=True)
+class PaperCostRow:
+    """One row of the paper's cost table and the model / input it was inferred to be (see docs/backbones.md)."""
+
+    label: str
+    model: str  # registered model name
+    img_size: int
+    paper_params_m: Optional[float]
+    paper_gmacs: Optional[float]
+    note: str = ""
+
+
+# Akkaya et al. 2024, cost table (100 classes). Resolutions inferred: the DeiT and T2T rows match at 224 px, SwinV2-T
+# at 256 px (window 8, timm's swinv2_tiny_window8_256), the ResNets at 256 px with the ImageNet stem (at 224 px
+# ResNet-18 has 1.81 GMACs; with a CIFAR stem at 64 px 2.22 GMACs and 11.22 M params).
+PAPER_COST_TABLE: Tuple[PaperCostRow, ...] = (
+    PaperCostRow("DeiT-T", "deit_tiny_patch16_224", 224, 5.54, 1.26),
+    PaperCostRow("DeiT-T-LIFE", "deit_tiny_patch16_224_life", 224, 5.62, 1.27),
+    PaperCostRow("T2T-ViT-12", "t2t_vit_12", 224, 6.66, 1.74),
+    PaperCostRow("T2T-ViT-12-LIFE", "t2t_vit_12_life", 224, 6.59, 1.71, "paper's LIFE row is below the plain one"),
+    PaperCostRow("DeiT-S", "deit_small_patch16_224", 224, 21.70, 4.61),
+    PaperCostRow("DeiT-S-LIFE", "deit_small_patch16_224_life", 224, 21.85, 4.64),
+    PaperCostRow("SwinV2-T", "swinv2_tiny_window8_256", 256, 27.72, 5.95),
+    PaperCostRow("SwinV2-T-LIFE", "swinv2_tiny_window8_256_life", 256, 27.88, 6.01),
+    PaperCostRow("ResNet-18", "resnet18", 256, 11.23, 2.37, "ImageNet stem"),
+    PaperCostRow("ResNet-50", "resnet50", 256, 23.71, 5.35, "ImageNet stem"),
+)
+
+
+def paper_cost_table(num_classes: int = 100, rows: Tuple[PaperCostRow, ...] = PAPER_COST_TABLE) -> list:
+    """Parameters (trainable, in M) and GMACs of each row's model next to the paper's numbers.
+
+    Returns:
+        One dict per row: ``label``, ``model``, ``img_size``, ``params_m``, ``gmacs``, ``paper_params_m``,
+        ``paper_gmacs``, ``note``.
+    """
+    import timm
+
+    import lifevit.models  # noqa: F401  (registers the models)
+
+    out = []
+    for row in rows:
+        model = timm.create_model(row.model, num_classes=num_classes)
+        in_chans = model.pretrained_cfg["input_size"][0]
+        out.append(
+            dict(
+                label=row.label,
+                model=row.model,
+                img_size=row.img_size,
+                params_m=count_params(model, trainable_only=True) / 1e6,
+                gmacs=count_macs(model, (in_chans, row.img_size, row.img_size)) / 1e9,
+                paper_params_m=row.paper_params_m,
+                paper_gmacs=row.paper_gmacs,
+                note=row.note,
+            )
+        )
+    return out

@@ -19,12 +19,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=10, help="timed steps per throughput measurement")
     p.add_argument("--no-throughput", action="store_true", help="only count parameters and MACs")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--paper-table",
+        action="store_true",
+        help="print #params and GMACs of the paper's cost table (DeiT-T/S, T2T-ViT-12, SwinV2-T with and without "
+        "LIFE, ResNet-18/50; 100 classes) next to the paper's numbers; see docs/backbones.md",
+    )
     p.set_defaults(func=run)
+
+
+def run_paper_table(args: argparse.Namespace) -> int:
+    from lifevit.profile import paper_cost_table
+
+    if args.model:
+        raise ValueError(f"--paper-table takes no model name, got {args.model!r}")
+    rows = paper_cost_table(num_classes=args.num_classes or 100)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print(f"{'model':<16} {'timm name':<30} {'px':>4} {'params M':>9} {'paper':>6} {'GMACs':>6} {'paper':>6}  note")
+    for r in rows:
+        print(
+            f"{r['label']:<16} {r['model']:<30} {r['img_size']:>4} {r['params_m']:>9.2f} "
+            f"{fmt(r['paper_params_m'], '.2f'):>6} {r['gmacs']:>6.2f} {fmt(r['paper_gmacs'], '.2f'):>6}  {r['note']}"
+        )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from lifevit.profile import profile_model
 
+    if getattr(args, "paper_table", False):
+        return run_paper_table(args)
     if not args.model:
         raise ValueError("a model name is required, e.g. `lifevit profile deit_tiny_patch4_32_life`")
     cost = profile_model(
