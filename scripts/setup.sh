@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtual environment $VENV"
     "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q --upgrade pip || echo "[setup] could not upgrade pip (offline?); continuing"
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     echo "[setup] installing $TORCH_SPEC (several GB the first time)"
     # shellcheck disable=SC2086

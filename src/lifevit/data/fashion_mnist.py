@@ -17,10 +17,22 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["CLASSES", "DEBIAN_ROOT", "FashionMNIST", "find_fashion_mnist", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "CLASSES",
+    "DEBIAN_ROOT",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "FashionMNIST",
+    "find_fashion_mnist",
+    "load_fashion_mnist",
+    "read_idx",
+    "write_fashion_mnist",
+    "write_idx",
+]
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # of the training images, pixels in [0, 1]
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -43,6 +55,36 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) - offset != expected:
         raise ValueError(f"{path}: header says shape {dims} ({expected} bytes) but the file has {len(data) - offset}")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` (uint8, int8, >i2, >i4 or >f4 values) as an IDX file, gzipped when ``path`` ends in ``.gz``."""
+    path = Path(path)
+    codes = {
+        np.dtype(v).newbyteorder(">").str if np.dtype(v).itemsize > 1 else np.dtype(v).str: k
+        for k, v in _IDX_DTYPES.items()
+    }
+    big = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
+    if big.dtype.str not in codes:
+        raise ValueError(f"IDX cannot store dtype {array.dtype}; expected one of uint8, int8, int16, int32, float32")
+    header = bytes([0, 0, codes[big.dtype.str], array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + np.ascontiguousarray(big).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_fashion_mnist(
+    folder: os.PathLike, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray]
+) -> Path:
+    """Write (images uint8 (N, 28, 28), labels) pairs as the four gzipped IDX files of Fashion-MNIST (fixtures)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in (("train", train), ("test", test)):
+        write_idx(folder / (_FILES[split][0] + ".gz"), np.asarray(images, dtype=np.uint8))
+        write_idx(folder / (_FILES[split][1] + ".gz"), np.asarray(labels, dtype=np.uint8))
+    return folder
 
 
 def _find_file(folder: Path, stem: str) -> Optional[Path]:

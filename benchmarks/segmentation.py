@@ -1,0 +1,177 @@
+"""Segmentation benchmark: the same recipe with and without LIFE, and the cost of the paper's Cityscapes models.
+
+Two parts, each written as JSON and printed as Markdown tables (copied into ``docs/segmentation.md``):
+
+1. ``cost``: parameters and GMACs (``lifevit.profile.count_macs``: every conv incl. depthwise, every linear and
+   the attention matmuls; one image) of DeiT-T / DeiT-T-LIFE segmenters with both decoders, at 512 x 512 (the
+   resolution the paper's numbers imply, see the docs) and 768 x 768, next to the paper's 10.13 M / 10.50 and
+   10.21 M / 10.58.
+2. ``canvas``: trains the canvas config (``configs/segmentation/canvas_vit_lite_life.yaml``) and the same config
+   with the plain backbone (``vit_lite_patch4_28``) on the Fashion-MNIST canvas set, one after the other, and
+   records mIoU, per-class IoU, params, GMACs at 96 x 96, wall time and process CPU time. The canvas set is
+   generated first when ``--data`` has none.
+
+Usage::
+
+    python benchmarks/segmentation.py --data data/canvas --output runs/bench_segmentation [--threads 2]
+    python benchmarks/segmentation.py --only cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import yaml
+
+from lifevit.profile import count_macs, count_params
+from lifevit.tasks.segmentation import ModelConfig, build_segmenter, config_from_dict
+from lifevit.tasks.segmentation.engine import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+CANVAS_CONFIG = ROOT / "configs" / "segmentation" / "canvas_vit_lite_life.yaml"
+PAPER = {"deit_tiny_patch16_224": (10.13, 10.50), "deit_tiny_patch16_224_life": (10.21, 10.58)}
+
+logger = logging.getLogger("benchmarks.segmentation")
+
+
+def cost_table(sizes=(512, 768)) -> List[Dict[str, Any]]:
+    rows = []
+    for backbone, (paper_params, paper_gmacs) in PAPER.items():
+        for decoder in ("linear", "mask_transformer"):
+            for size in sizes:
+                model = build_segmenter(ModelConfig(backbone=backbone, decoder=decoder, num_classes=19, img_size=size))
+                rows.append(
+                    dict(
+                        backbone=backbone,
+                        decoder=decoder,
+                        input=f"{size}x{size}",
+                        params_m=round(count_params(model) / 1e6, 3),
+                        gmacs=round(count_macs(model, (3, size, size)) / 1e9, 3),
+                        paper_params_m=paper_params,
+                        paper_gmacs=paper_gmacs,
+                    )
+                )
+                logger.info("%s", rows[-1])
+    return rows
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def canvas_runs(
+    data: Path, output: Path, threads: int, epochs: int | None, backbones: List[str]
+) -> List[Dict[str, Any]]:
+    cs = data / "cityscapes"
+    if not (cs / "canvas_classes.json").is_file():
+        from lifevit.data.canvas import make_canvas_dataset
+
+        logger.info("generating the canvas set in %s", data)
+        make_canvas_dataset(data, num_train=2000, num_val=500, seed=0)
+    base = yaml.safe_load(CANVAS_CONFIG.read_text())
+    base["data"].update(root=str(cs), label_table=str(cs / "canvas_classes.json"))
+    base["train"]["threads"] = threads
+    if epochs:
+        base["train"]["epochs"] = epochs
+    rows = []
+    for backbone in backbones:
+        values = copy.deepcopy(base)
+        values["model"]["backbone"] = backbone
+        cfg = config_from_dict(values)
+        model = build_segmenter(cfg.model)
+        params, gmacs = count_params(model), count_macs(model, (3, *cfg.data.crop_size)) / 1e9
+        del model
+        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        summary = fit(cfg, output / backbone)
+        rows.append(
+            dict(
+                backbone=backbone,
+                decoder=cfg.model.decoder,
+                epochs=cfg.train.epochs,
+                threads=threads,
+                mIoU=round(summary["mIoU"], 4),
+                best_mIoU=round(summary["best_mIoU"], 4),
+                pixel_acc=round(summary["pixel_acc"], 4),
+                params_m=round(params / 1e6, 3),
+                gmacs=round(gmacs, 4),
+                wall_s=round(time.perf_counter() - wall0, 1),
+                cpu_s=round(_cpu_seconds() - cpu0, 1),
+                per_class_iou={k: round(v, 4) for k, v in summary["per_class_iou"].items()},
+            )
+        )
+        logger.info("%s", rows[-1])
+    return rows
+
+
+def _markdown(rows: List[Dict[str, Any]], keys: List[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/canvas", help="canvas set folder (generated when missing)")
+    p.add_argument("--output", default="runs/bench_segmentation", help="folder for the runs and results.json")
+    p.add_argument("--only", choices=("cost", "canvas"), help="run one part only")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (the config's: 1)")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        choices=("vit_lite_patch4_28_life", "vit_lite_patch4_28"),
+        help="train only this backbone (repeatable; default both, one after the other)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the canvas config's epochs")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {}
+    if args.only in (None, "cost"):
+        results["cost"] = cost_table()
+        print(
+            _markdown(
+                results["cost"], ["backbone", "decoder", "input", "params_m", "gmacs", "paper_params_m", "paper_gmacs"]
+            )
+        )
+    if args.only in (None, "canvas"):
+        results["canvas"] = canvas_runs(
+            Path(args.data),
+            output,
+            args.threads,
+            args.epochs,
+            args.backbone or ["vit_lite_patch4_28_life", "vit_lite_patch4_28"],
+        )
+        print(
+            _markdown(
+                results["canvas"],
+                [
+                    "backbone",
+                    "decoder",
+                    "epochs",
+                    "threads",
+                    "mIoU",
+                    "best_mIoU",
+                    "pixel_acc",
+                    "params_m",
+                    "gmacs",
+                    "wall_s",
+                    "cpu_s",
+                ],
+            )
+        )
+    name = "results.json" if not args.backbone else f"results_{'_'.join(args.backbone)}.json"
+    (output / name).write_text(json.dumps(results, indent=2))
+    print(f"results: {output / name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The small-data regime on Fashion-MNIST: plain ViT vs ViT-LIFE vs a small ResNet at 1k / 5k / 10k / 60k
+training images, several seeds; writes a markdown report and a plot.
+
+    .venv/bin/python benchmarks/small_data.py                       # everything (many CPU hours; use a GPU)
+    .venv/bin/python benchmarks/small_data.py --sizes 1000 5000 --seeds 0   # a subset
+    .venv/bin/python benchmarks/small_data.py --report-only         # tabulate the runs already in --runs-dir
+
+Every run uses ``configs/fashion_mnist/vit_lite_life.yaml`` (20 epochs, the main job's recipe) with the model,
+training-set size and seed replaced; finished runs are read back, so the script can be stopped and restarted.
+The test set is always the full 10,000 images. Reported: mean and sample standard deviation of top-1 over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["vit_lite_patch4_28", "vit_lite_patch4_28_life", "resnet18_cifar_32"]
+
+
+def configs(config: Path, models, sizes, seeds, extra):
+    from lifevit.config import load_config
+
+    out = []
+    for size in sizes:
+        for seed in seeds:
+            for model in models:
+                n = f"data.train_samples={size}" if size < 60000 else "data.train_samples=null"
+                out.append(load_config(config, [f"model.name={model}", n, f"seed={seed}", *extra]))
+    return out
+
+
+def collect(runs_dir: Path) -> Dict[Tuple[str, int], List[float]]:
+    from lifevit.engine.rundir import find_runs, load_json
+
+    acc: Dict[Tuple[str, int], List[float]] = defaultdict(list)
+    for run in find_runs(runs_dir):
+        s = load_json(run / "summary.json")
+        if s.get("dataset") == "fashion_mnist":
+            acc[(s["model"], int(s["train_samples"]))].append(float(s["top1"]))
+    return acc
+
+
+def report(acc, out_md: Path, out_png: Path) -> str:
+    sizes = sorted({n for _, n in acc})
+    models = [m for m in MODELS if any(k[0] == m for k in acc)] + sorted({m for m, _ in acc} - set(MODELS))
+
+    def fmt(v):
+        return (
+            (
+                f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} (n={len(v)})"
+                if len(v) > 1
+                else f"{v[0]:.2f} (n=1)"
+            )
+            if v
+            else "-"
+        )
+
+    lines = ["| model | " + " | ".join(f"{n:,} images" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(fmt(acc.get((m, n), [])) for n in sizes) + " |")
+    table = "\n".join(lines)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        pts = [(n, acc[(m, n)]) for n in sizes if acc.get((m, n))]
+        if pts:
+            xs = [n for n, _ in pts]
+            means = [statistics.mean(v) for _, v in pts]
+            errs = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (class-balanced)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Fashion-MNIST, 20 epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(table + "\n")
+    return table
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 10000, 60000])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "fashion_mnist" / "vit_lite_life.yaml")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "small_data")
+    p.add_argument("--jobs", type=int, default=2, help="runs at the same time (one process each)")
+    p.add_argument("--set", dest="extra", action="append", default=[], help="config override, e.g. device=cuda")
+    p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "small_data_table.md")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "small_data.png")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.report_only:
+        from lifevit.engine.compare import train_or_read
+
+        train_or_read(
+            configs(args.config, args.models, args.sizes, args.seeds, args.extra), args.runs_dir, jobs=args.jobs
+        )
+    acc = collect(args.runs_dir)
+    if not acc:
+        print(f"no finished Fashion-MNIST runs under {args.runs_dir}", file=sys.stderr)
+        return 1
+    print(report(acc, args.out, args.plot))
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Task-specific models, losses and metrics built on the lifevit backbones (detection, segmentation)."""

@@ -1,0 +1,31 @@
+"""Object detection: backbone adapter, EncDec heads, matcher, criterion, post-processing, metrics, engine."""
+
+from .backbone import DetectionBackbone, build_backbone
+from .config import DataConfig, DetectConfig, LossConfig, ModelConfig, TrainConfig, config_from_dict
+from .criterion import SetCriterion
+from .head import HEADS, EncDecHead, build_head
+from .matcher import HungarianMatcher
+from .metrics import DetectionEvaluator
+from .model import Detector, build_criterion, build_detector
+from .postprocess import PostProcess
+
+__all__ = [
+    "HEADS",
+    "DataConfig",
+    "DetectConfig",
+    "DetectionBackbone",
+    "DetectionEvaluator",
+    "Detector",
+    "EncDecHead",
+    "HungarianMatcher",
+    "LossConfig",
+    "ModelConfig",
+    "PostProcess",
+    "SetCriterion",
+    "TrainConfig",
+    "build_backbone",
+    "build_criterion",
+    "build_detector",
+    "build_head",
+    "config_from_dict",
+]

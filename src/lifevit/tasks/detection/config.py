@@ -1,0 +1,195 @@
+"""Typed configuration of a detection run. Files and flags are merged into these once, at the CLI edge."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "DetectConfig", "config_from_dict"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images and boxes are and how they are prepared.
+
+    Attributes:
+        format: ``voc`` (Pascal VOC layout, read with torchvision) or ``coco`` (COCO JSON).
+        root: VOC: the folder holding ``VOCdevkit`` (or ``VOCdevkit`` itself).
+        year: VOC year(s) of the training split (``2007``, ``2012``); several as ``2007+2012``.
+        val_year: VOC year(s) of the validation split (default: ``year``), e.g. ``2007`` for VOC2007 ``test``.
+        train_split: VOC image set used for training (``train``, ``trainval``).
+        val_split: VOC image set used for validation / evaluation.
+        classes: ``voc`` (the 20 VOC classes), ``canvas`` (the Fashion-MNIST canvas classes) or a list of names.
+        train_images / train_ann / val_images / val_ann: COCO image folders and annotation JSON files.
+        img_size: Longest image side after resizing.
+        augment: ``canvas`` (flip + scale/translate jitter), ``voc`` (photometric, zoom-out, IoU crop, flip,
+            multi-scale) or ``none``.
+        num_workers: Data-loader workers.
+    """
+
+    format: str = "voc"
+    root: str = "data/canvas"
+    year: str = "2007"
+    val_year: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: Any = "canvas"
+    train_images: Optional[str] = None
+    train_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    img_size: int = 96
+    augment: str = "canvas"
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, head and their sizes.
+
+    Attributes:
+        backbone: A timm / lifevit model name (ViT / DeiT or SwinV2, with or without ``_life``).
+        backbone_kwargs: Passed to ``timm.create_model`` (e.g. ``patch_size``, ``depth``).
+        pretrained: Load the backbone's ImageNet weights with timm (only where timm has them). Only used when
+            training starts; a checkpoint rebuilds the architecture and loads its own weights.
+        lifeify: Convert the backbone to LIFE after creating it (``lifevit.lifeify``, ``slice`` init): with
+            ``pretrained`` and a plain timm name this gives an ImageNet-initialised LIFE backbone.
+        head: ``encdec``, ``encdec_linear`` or ``encdec_life`` (see ``heads``).
+        hidden_dim: Width of the head transformer for ``encdec_linear`` / ``encdec_life`` (``encdec`` runs at
+            the backbone width).
+        num_heads: Attention heads in the head transformer.
+        enc_layers / dec_layers: Encoder / decoder layers of the head.
+        num_queries: Object queries (top-scoring encoder proposals).
+        mlp_ratio: Hidden width of the feed-forward layers relative to the model width.
+        dropout: Dropout in the head.
+        life_kernel_sizes: LIFE depthwise kernels of the ``encdec_life`` encoder.
+        anchor_size: Initial side (fraction of the image) of the encoder proposals' anchors.
+    """
+
+    backbone: str = "vit_lite_patch4_28_life"
+    backbone_kwargs: Dict[str, Any] = field(default_factory=lambda: {"patch_size": 8, "in_chans": 3})
+    pretrained: bool = False
+    lifeify: bool = False
+    head: str = "encdec_life"
+    hidden_dim: int = 96
+    num_heads: int = 4
+    enc_layers: int = 1
+    dec_layers: int = 3
+    num_queries: int = 16
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    life_kernel_sizes: Tuple[int, ...] = (3, 5)
+    anchor_size: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """Loss and matching weights (the same for matching costs and losses, as in Deformable DETR / DINO)."""
+
+    cls_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    aux_loss: bool = True
+    enc_loss: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping.
+
+    Attributes:
+        epochs: Training epochs.
+        batch_size: Images per step.
+        lr: AdamW learning rate of the head.
+        backbone_lr: Learning rate of the backbone (DETR uses 10x lower for a pretrained one).
+        weight_decay: AdamW weight decay.
+        warmup_epochs: Linear warm-up, then cosine decay to ``min_lr``.
+        min_lr: Final learning rate factor (fraction of the peak).
+        clip_grad: Max gradient norm (0 = off).
+        eval_every: Evaluate every this many epochs (and always after the last).
+        score_threshold: Score from which a detection counts for F1 and is drawn by ``predict`` (0.3, see
+            ``metrics``).
+        seed: Random seed.
+        device: ``cpu`` or ``cuda``.
+        threads: CPU threads for torch (0 = torch's default).
+        max_minutes: Stop (after the current epoch's evaluation) once training has taken this long (0 = off).
+    """
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 4e-4
+    backbone_lr: float = 4e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.05
+    clip_grad: float = 1.0
+    eval_every: int = 1
+    score_threshold: float = 0.3
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    max_minutes: float = 0.0
+
+
+@dataclass
+class DetectConfig:
+    """A whole detection experiment."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fill(cls: type, values: Dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(values).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; expected some of {sorted(names)}")
+    kwargs = dict(values)
+    for key, value in kwargs.items():
+        default = names[key].default
+        if isinstance(default, bool) or value is None:
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{where}.{key} must be true or false, got {value!r}")
+            continue
+        if isinstance(default, (int, float)) and not isinstance(value, bool):
+            try:  # YAML reads 1e-3 (no dot) as a string
+                kwargs[key] = type(default)(value) if isinstance(default, float) else int(str(value))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}.{key} must be a {type(default).__name__}, got {value!r}") from err
+    if "life_kernel_sizes" in kwargs:
+        kwargs["life_kernel_sizes"] = tuple(int(k) for k in kwargs["life_kernel_sizes"])
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Dict[str, Any]) -> DetectConfig:
+    """Build a :class:`DetectConfig` from nested dicts (``data``, ``model``, ``loss``, ``train``)."""
+    sections = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+    unknown = sorted(set(values) - set(sections) - {"name", "description"})
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; expected some of {sorted(sections)}")
+    return DetectConfig(**{k: _fill(cls, values.get(k) or {}, k) for k, cls in sections.items()})
+
+
+def class_names(classes: Any) -> List[str]:
+    """The class names a :attr:`DataConfig.classes` value stands for."""
+    from lifevit.data.voc import VOC_CLASSES
+
+    if classes == "voc":
+        return list(VOC_CLASSES)
+    if classes == "canvas":
+        from lifevit.data.canvas import CANVAS_CLASSES
+
+        return list(CANVAS_CLASSES)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    raise ValueError(f"data.classes must be 'voc', 'canvas' or a list of class names, got {classes!r}")

@@ -1,0 +1,233 @@
+"""Typed configuration of a segmentation run: model, data, training and inference.
+
+The command line merges a YAML file and flags into a :class:`SegmentationConfig` once (:func:`config_from_dict`);
+library functions take these dataclasses (or their fields), never the argparse namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = [
+    "DECODERS",
+    "DataConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "SegmentationConfig",
+    "TrainConfig",
+    "config_from_dict",
+]
+
+DECODERS = ("linear", "mask_transformer")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone (any timm / lifevit model name) and decode head.
+
+    Attributes:
+        backbone: Registered model name, e.g. ``deit_tiny_patch16_224_life`` or ``swinv2_tiny_window8_256``.
+        decoder: ``linear`` (Segmenter's linear decoder) or ``mask_transformer`` (Segmenter's mask transformer).
+        num_classes: Segmentation classes (train ids ``0 .. num_classes - 1``).
+        img_size: Input size the backbone is built for (its position embedding / attention windows);
+            other sizes are handled by ``dynamic_img_size``.
+        in_chans: Image channels.
+        out_indices: Backbone blocks (ViT) or stages (SwinV2) whose feature maps are decoded; several maps are
+            fused (projected to the last map's width, up-sampled to the finest one and summed).
+        pretrained: Load the backbone's pretrained weights through timm (needs them in the local cache or a file).
+        pretrained_file: A local weights file for the backbone (timm ``pretrained_cfg_overlay=dict(file=...)``).
+        lifeify: Convert the backbone to LIFE after loading it (:func:`lifevit.lifeify`): a plain backbone name
+            with ``pretrained`` / ``pretrained_file`` plus ``lifeify`` is the paper's ImageNet-initialised LIFE row.
+        drop_path_rate: Stochastic depth of the backbone.
+        decoder_layers: Transformer blocks of the mask-transformer decoder.
+        decoder_dim: Width of the mask-transformer decoder (default: the backbone width).
+        decoder_heads: Heads of the mask-transformer decoder (default: width // 64, at least 1).
+        decoder_drop_path: Stochastic depth of the decoder blocks.
+        backbone_kwargs: Further keyword arguments for ``timm.create_model`` (e.g. ``patch_size``, ``depth``).
+    """
+
+    backbone: str = "deit_tiny_patch16_224_life"
+    decoder: str = "mask_transformer"
+    num_classes: int = 19
+    img_size: Tuple[int, int] = (512, 512)
+    in_chans: int = 3
+    out_indices: Tuple[int, ...] = (-1,)
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None
+    lifeify: bool = False
+    drop_path_rate: float = 0.1
+    decoder_layers: int = 2
+    decoder_dim: Optional[int] = None
+    decoder_heads: Optional[int] = None
+    decoder_drop_path: float = 0.0
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.img_size = _pair(self.img_size, "model.img_size")
+        self.out_indices = tuple(int(i) for i in _as_tuple(self.out_indices))
+        if self.decoder not in DECODERS:
+            raise ValueError(f"model.decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+        if not self.out_indices:
+            raise ValueError("model.out_indices must name at least one block / stage")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how training crops are made.
+
+    Attributes:
+        root: Cityscapes root (holding ``leftImg8bit/`` and ``gtFine/``).
+        label_table: JSON label table for non-Cityscapes data in the same layout (e.g. the canvas set's
+            ``canvas_classes.json``); ``None`` = the official 19 Cityscapes classes.
+        train_split: Split used for training.
+        val_split: Split used for evaluation.
+        base_size: (H, W) the random scale is relative to (mmseg's Cityscapes recipe: the full 1024 x 2048).
+        scale_range: Random scale factors applied to ``base_size`` (the aspect ratio is kept).
+        crop_size: (H, W) training crop, padded with ignore labels when the scaled image is smaller.
+        hflip: Probability of a horizontal flip.
+        mean: Normalisation mean (0..1 scale).
+        std: Normalisation std (0..1 scale).
+        num_workers: Data-loader workers.
+    """
+
+    root: str = "data/cityscapes"
+    label_table: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    base_size: Tuple[int, int] = (1024, 2048)
+    scale_range: Tuple[float, float] = (0.5, 2.0)
+    crop_size: Tuple[int, int] = (512, 512)
+    hflip: float = 0.5
+    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        self.base_size = _pair(self.base_size, "data.base_size")
+        self.crop_size = _pair(self.crop_size, "data.crop_size")
+        self.scale_range = tuple(float(s) for s in _as_tuple(self.scale_range))
+        self.mean = tuple(float(m) for m in _as_tuple(self.mean))
+        self.std = tuple(float(s) for s in _as_tuple(self.std))
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"data.scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"data.hflip must be a probability in [0, 1], got {self.hflip}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation.
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Images per step.
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
+        lr: Peak learning rate.
+        weight_decay: Weight decay.
+        scheduler: ``poly`` (power 0.9, Segmenter / mmseg) or ``cosine``, stepped per iteration.
+        warmup_iters: Linear warm-up iterations.
+        min_lr: Learning rate at the end of the schedule.
+        clip_grad: Gradient-norm clipping (``None`` = off).
+        eval_every: Evaluate every this many epochs (and after the last).
+        seed: Random seed.
+        device: ``cpu`` or ``cuda``; ``None`` = cuda when available.
+        amp: bfloat16 autocast on CUDA.
+        log_every: Log progress every this many iterations.
+        threads: CPU threads for torch (``None`` = torch's default).
+    """
+
+    epochs: int = 100
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    scheduler: str = "poly"
+    warmup_iters: int = 0
+    min_lr: float = 1e-5
+    clip_grad: Optional[float] = None
+    eval_every: int = 1
+    seed: int = 0
+    device: Optional[str] = None
+    amp: bool = False
+    log_every: int = 50
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.scheduler not in ("poly", "cosine"):
+            raise ValueError(f"train.scheduler must be 'poly' or 'cosine', got {self.scheduler!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+
+@dataclass
+class InferenceConfig:
+    """How full images are predicted.
+
+    Attributes:
+        mode: ``whole`` (the image in one pass) or ``slide`` (overlapping windows, logits averaged).
+        window: (H, W) of a sliding window (clamped to the image where the image is smaller).
+        stride: (H, W) step between windows.
+        batch_size: Images per evaluation batch (``whole``) / windows per forward (``slide``).
+    """
+
+    mode: str = "slide"
+    window: Tuple[int, int] = (512, 512)
+    stride: Tuple[int, int] = (341, 341)
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"inference.mode must be 'whole' or 'slide', got {self.mode!r}")
+        self.window = _pair(self.window, "inference.window")
+        self.stride = _pair(self.stride, "inference.stride")
+
+
+@dataclass
+class SegmentationConfig:
+    """A whole segmentation experiment."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _as_tuple(value: Any) -> Tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _pair(value: Any, name: str) -> Tuple[int, int]:
+    v = _as_tuple(value)
+    if len(v) == 1:
+        v = (v[0], v[0])
+    if len(v) != 2 or any(int(x) < 1 for x in v):
+        raise ValueError(f"{name} must be a positive int or (H, W), got {value!r}")
+    return int(v[0]), int(v[1])
+
+
+def _build(cls: type, values: Dict[str, Any], section: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; expected some of {sorted(known)}")
+    return cls(**values)
+
+
+def config_from_dict(values: Dict[str, Any]) -> SegmentationConfig:
+    """A :class:`SegmentationConfig` from nested dicts (a parsed YAML file, a checkpoint's ``meta['config']``)."""
+    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "inference": InferenceConfig}
+    unknown = sorted(set(values) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; expected some of {sorted(sections)}")
+    return SegmentationConfig(**{k: _build(cls, values.get(k, {}) or {}, k) for k, cls in sections.items()})

@@ -1,0 +1,51 @@
+"""Fixtures: a tiny, learnable Fashion-MNIST written in the real IDX format, and a tiny training config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lifevit.config import load_config
+from lifevit.data.fashion_mnist import write_fashion_mnist
+
+
+def synthetic_fashion(n_per_class: int, seed: int):
+    """28x28 uint8 images where class c is a bright 7x7 square in cell c of a 4x4 grid, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        r, q = divmod(int(c), 4)
+        images[i, 7 * r : 7 * r + 7, 7 * q : 7 * q + 7] = 220
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmnist")
+    return write_fashion_mnist(root, synthetic_fashion(20, 0), synthetic_fashion(10, 1))
+
+
+TINY = [
+    "model.name=vit_lite_patch4_28",
+    "model.kwargs={embed_dim: 24, depth: 1, num_heads: 2, mlp_ratio: 1.0}",
+    "data.batch_size=20",
+    "data.eval_batch_size=50",
+    "optim.warmup_epochs=1",
+    "optim.lr=0.01",
+    "aug.hflip=0.0",
+    "aug.crop_padding=0",
+    "epochs=2",
+    "threads=1",
+    "progress=false",
+    "tensorboard=false",
+]
+
+
+@pytest.fixture
+def tiny_cfg(fmnist_root):
+    def make(*overrides: str):
+        return load_config(overrides=[*TINY, f"data.root={fmnist_root}", *overrides])
+
+    return make

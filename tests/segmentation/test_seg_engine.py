@@ -1,0 +1,204 @@
+"""Engine and command line: one training step, a run folder with resume, eval from the checkpoint, predict PNGs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lifevit.cli import main
+from lifevit.engine.checkpoint import load_checkpoint
+from lifevit.tasks.segmentation import ModelConfig, SegmentationCriterion, build_segmenter, config_from_dict
+from lifevit.tasks.segmentation.config import DataConfig, TrainConfig
+from lifevit.tasks.segmentation.engine import (
+    build_datasets,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    fit,
+    load_segmenter,
+    train_one_epoch,
+)
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8)
+
+
+def _config(root, epochs=1):
+    return {
+        "model": {
+            "backbone": "deit_tiny_patch16_224_life",
+            "decoder": "linear",
+            "num_classes": 3,
+            "img_size": 32,
+            "drop_path_rate": 0.0,
+            "backbone_kwargs": TINY,
+        },
+        "data": {
+            "root": str(root),
+            "label_table": str(root / "classes.json"),
+            "base_size": 32,
+            "scale_range": [0.75, 1.25],
+            "crop_size": 32,
+            "num_workers": 0,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
+        "train": {
+            "epochs": epochs,
+            "batch_size": 4,
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "weight_decay": 0.0,
+            "scheduler": "cosine",
+            "eval_every": 1,
+            "device": "cpu",
+            "log_every": 0,
+        },
+        "inference": {"mode": "slide", "window": 24, "stride": 16, "batch_size": 2},
+    }
+
+
+def test_one_training_step_changes_weights_and_lowers_loss(canvas_like_root):
+    cfg = config_from_dict(_config(canvas_like_root))
+    train_set = build_datasets(cfg.data, ("train",))["train"]
+    model = build_segmenter(cfg.model)
+    criterion = SegmentationCriterion(3)
+    images, targets = next(iter(torch.utils.data.DataLoader(train_set, batch_size=8)))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 32, 32)
+    optimizer = build_optimizer(model, cfg.train)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    loss0 = criterion(model(images), targets)["loss"]
+    optimizer.zero_grad()
+    loss0.backward()
+    optimizer.step()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)  # AdamW moves every parameter that got a gradient
+    with torch.no_grad():
+        loss1 = criterion(model(images), targets)["loss"]
+    assert loss1.item() < loss0.item()
+
+
+def test_train_one_epoch_stats_and_schedule(canvas_like_root):
+    cfg = config_from_dict(_config(canvas_like_root))
+    train_set = build_datasets(cfg.data, ("train",))["train"]
+    model = build_segmenter(cfg.model)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=4)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_iters=len(loader))
+    stats = train_one_epoch(model, SegmentationCriterion(3), loader, optimizer, scheduler, torch.device("cpu"), 0)
+    assert stats["iters"] == 2 and np.isfinite(stats["loss"])
+    assert stats["lr"] == pytest.approx(cfg.train.min_lr)  # cosine reached its floor at the end
+    with pytest.raises(ValueError, match="train.optimizer must be"):
+        TrainConfig(optimizer="lamb")
+
+
+def test_fit_resume_eval_predict(canvas_like_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = config_from_dict(_config(canvas_like_root, epochs=1))
+    summary = fit(cfg, run)
+    assert 0.0 <= summary["mIoU"] <= 1.0 and set(summary["per_class_iou"]) == {"background", "red", "green"}
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    with pytest.raises(ValueError, match="not empty"):
+        fit(cfg, run)
+
+    # resume to 2 epochs: continues from epoch 1, one more record
+    cfg2 = config_from_dict(_config(canvas_like_root, epochs=2))
+    fit(cfg2, run, resume=True)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert load_checkpoint(run).epoch == 2
+
+    # the checkpoint alone rebuilds the model; evaluate equals the CLI's numbers
+    model, loaded_cfg, ckpt = load_segmenter(run / "checkpoints" / "last.safetensors")
+    assert ckpt.meta["class_names"] == ["background", "red", "green"] and loaded_cfg.model.num_classes == 3
+    val = build_datasets(loaded_cfg.data, ("val",))["val"]
+    stats = evaluate(model, val, torch.device("cpu"), loaded_cfg.inference)
+    out_json = tmp_path / "eval.json"
+    assert main(["segment", "eval", "--checkpoint", str(run), "--output", str(out_json)]) == 0
+    cli_stats = json.loads(out_json.read_text())
+    assert cli_stats["mIoU"] == pytest.approx(stats["mIoU"]) and cli_stats["epoch"] == 2
+
+    # predict writes a colourised mask, an overlay and the raw ids, all at the image size
+    image = next((canvas_like_root / "leftImg8bit" / "val").rglob("*.png"))
+    out = tmp_path / "pred"
+    assert main(["segment", "predict", "--checkpoint", str(run), "--input", str(image), "--output", str(out)]) == 0
+    stem = image.stem
+    mask = np.array(Image.open(out / f"{stem}_mask.png"))
+    ids = np.array(Image.open(out / f"{stem}_trainIds.png"))
+    over = np.array(Image.open(out / f"{stem}_overlay.png"))
+    rgb = np.array(Image.open(image).convert("RGB"))
+    assert mask.shape == over.shape == rgb.shape == (32, 32, 3) and ids.shape == (32, 32)
+    colors = np.array(ckpt.meta["colors"], np.uint8)
+    assert np.array_equal(mask, colors[ids])  # each pixel has the colour of its predicted class
+    expected = ((rgb.astype(np.float32) + mask.astype(np.float32)) / 2).round().astype(np.uint8)
+    assert np.abs(over.astype(int) - expected.astype(int)).max() <= 1
+    # the ids are the model's arg-max
+    x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        from lifevit.tasks.segmentation import infer_logits
+
+        logits = infer_logits(model, x[None], "slide", (24, 24), (16, 16))
+    assert np.array_equal(ids, logits[0].argmax(0).numpy())
+
+
+def test_cli_train_and_errors(canvas_like_root, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_config(canvas_like_root)))
+    run = tmp_path / "cli_run"
+    assert main(["segment", "train", "--config", str(config), "--output", str(run), "--set", "train.epochs=1"]) == 0
+    assert "mIoU" in capsys.readouterr().out and (run / "summary.json").is_file()
+    # --resume without --config continues with the run's own config.json plus the overrides
+    assert main(["segment", "train", "--output", str(run), "--resume", "--set", "train.epochs=2"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    capsys.readouterr()
+    assert (
+        main(["segment", "train", "--config", str(config), "--output", str(tmp_path / "x"), "--set", "train.nope=1"])
+        == 2
+    )
+    assert "unknown key(s) ['nope']" in capsys.readouterr().err
+    assert main(["segment", "train", "--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "y")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "segment",
+                "predict",
+                "--checkpoint",
+                str(run),
+                "--input",
+                str(tmp_path / "none.png"),
+                "--output",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
+    assert "neither an image file nor a folder" in capsys.readouterr().err
+
+
+def test_num_classes_must_match_label_table(canvas_like_root, tmp_path):
+    values = _config(canvas_like_root)
+    values["model"]["num_classes"] = 19
+    with pytest.raises(ValueError, match="model.num_classes is 19 but the label table"):
+        fit(config_from_dict(values), tmp_path / "r")
+
+
+def test_data_config_validation():
+    with pytest.raises(ValueError, match="scale_range"):
+        DataConfig(scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="unknown config section"):
+        config_from_dict({"optim": {}})
+    assert ModelConfig(img_size=96).img_size == (96, 96)

@@ -1,0 +1,134 @@
+"""Criterion (ignore index), metrics (IoU numbers), post-processing and sliding-window inference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifevit.data.cityscapes import IGNORE_INDEX
+from lifevit.tasks.segmentation import (
+    ModelConfig,
+    SegmentationCriterion,
+    SegmentationMetrics,
+    SegmentationPostProcess,
+    build_segmenter,
+    infer_logits,
+    sliding_window_logits,
+)
+from lifevit.tasks.segmentation.postprocess import window_starts
+
+
+def test_criterion_ignores_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, requires_grad=True)
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, :2] = IGNORE_INDEX
+    crit = SegmentationCriterion(4)
+    loss = crit({"logits": logits}, target)["loss"]
+    valid = target != IGNORE_INDEX
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert float(logits.grad[0, :, :2].abs().sum()) == 0.0  # ignored pixels get no gradient
+    assert float(logits.grad[0, :, 2:].abs().sum()) > 0.0
+    # changing the logits of ignored pixels does not change the loss
+    changed = logits.detach().clone()
+    changed[0, :, :2] += 100.0
+    assert torch.allclose(crit({"logits": changed}, target)["loss"], expected)
+
+
+def test_criterion_all_ignored_is_zero_not_nan():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = SegmentationCriterion(3)({"logits": logits}, torch.full((1, 4, 4), IGNORE_INDEX))["loss"]
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_criterion_shape_mismatch():
+    with pytest.raises(ValueError, match="do not match targets"):
+        SegmentationCriterion(3)({"logits": torch.randn(1, 3, 4, 4)}, torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_metrics_numbers():
+    m = SegmentationMetrics(3, class_names=("a", "b", "c"))
+    target = torch.tensor([[0, 0, 1, 1], [1, 255, 255, 0]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 2, 0, 0]])
+    m.update(pred, target)
+    out = m.compute()
+    # class a: TP 2, FP 1 (pred 0 at target 1), FN 1 -> 2/4; class b: TP 2, FP 1, FN 1 -> 2/4
+    # class c: never in the target nor predicted on an evaluated pixel (255 pixels are skipped) -> NaN
+    assert out["per_class_iou"]["a"] == pytest.approx(0.5)
+    assert out["per_class_iou"]["b"] == pytest.approx(0.5)
+    assert math.isnan(out["per_class_iou"]["c"])
+    assert out["mIoU"] == pytest.approx(0.5)
+    assert out["pixel_acc"] == pytest.approx(4 / 6)
+    m.reset()
+    m.update(target.clamp(max=2), target.clamp(max=2))
+    assert m.compute()["mIoU"] == pytest.approx(1.0)
+
+
+def test_postprocess_resizes_then_argmax():
+    logits = torch.zeros(2, 3, 2, 2)
+    logits[0, 1] = 1.0
+    logits[1, 2, :, 1] = 1.0
+    preds = SegmentationPostProcess()({"logits": logits}, [(4, 4), (2, 2)])
+    assert preds[0].shape == (4, 4) and bool((preds[0] == 1).all())
+    assert preds[1].tolist() == [[0, 2], [0, 2]]
+
+
+def test_window_starts_cover_every_pixel():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert window_starts(3, 8, 4) == [0]  # window clamped to the image
+    for size, win, stride in ((1024, 512, 341), (2048, 768, 512), (37, 8, 5)):
+        starts = window_starts(size, win, stride)
+        covered = torch.zeros(size)
+        for s in starts:
+            covered[s : s + win] = 1
+        assert covered.all() and starts[-1] + min(win, size) == size
+
+
+class PerPixel(nn.Module):
+    """A model whose output at a pixel depends only on that pixel (so windows cannot change it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return {"logits": self.conv(x)}
+
+
+def test_sliding_window_equals_whole_for_a_per_pixel_model():
+    model = PerPixel()
+    x = torch.randn(2, 3, 37, 53)
+    whole = infer_logits(model, x, "whole")
+    slide = sliding_window_logits(model, x, window=(16, 24), stride=(10, 15), batch_size=3)
+    assert torch.allclose(slide, whole, atol=1e-6)
+
+
+def test_sliding_window_equals_whole_where_the_window_fits():
+    """With a window as large as the image, sliding-window inference is exactly whole-image inference
+    (a real LIFE segmenter, non-square input)."""
+    cfg = ModelConfig(
+        backbone="deit_tiny_patch16_224_life",
+        decoder="mask_transformer",
+        num_classes=4,
+        img_size=64,
+        decoder_layers=1,
+        backbone_kwargs=dict(embed_dim=48, depth=2, num_heads=2),
+    )
+    model = build_segmenter(cfg).eval()
+    x = torch.randn(1, 3, 48, 80)
+    whole = infer_logits(model, x, "whole")
+    for window in ((48, 80), (64, 96)):  # exactly the image, and larger (clamped)
+        slide = infer_logits(model, x, "slide", window=window, stride=(32, 32))
+        assert torch.allclose(slide, whole, atol=1e-5)
+    # a smaller window gives a different (local) but complete prediction
+    part = infer_logits(model, x, "slide", window=(32, 32), stride=(16, 16))
+    assert part.shape == whole.shape and torch.isfinite(part).all() and not torch.allclose(part, whole)
+    with pytest.raises(ValueError, match="inference mode"):
+        infer_logits(model, x, "tiles")
