@@ -31,6 +31,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "dataclass_from_dict",
     "load_config",
 ]
 
@@ -148,7 +149,14 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+def dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+    """Build the (nested) dataclass ``cls`` from a mapping, the one way every lifevit config is read.
+
+    Missing keys take their defaults; an unknown key is a ``ValueError`` naming the valid ones; nested
+    dataclass fields are built recursively; numbers written as strings become numbers, lists become tuples
+    where a tuple is annotated, and a ``bool`` field accepts only true/false. ``where`` prefixes key names in
+    messages (``"optim."``).
+    """
     if not isinstance(data, Mapping):
         raise ValueError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -163,7 +171,9 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         kwargs[name] = (
-            _build(tp, value, f"{where}{name}.") if _is_dataclass_type(tp) else _coerce(tp, value, where + name)
+            dataclass_from_dict(tp, value, f"{where}{name}.")
+            if _is_dataclass_type(tp)
+            else _coerce(tp, value, where + name)
         )
     return cls(**kwargs)
 
@@ -171,6 +181,10 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Numbers written as strings (YAML reads ``1e-3`` as a string) become the annotated int / float."""
     allowed = set(get_args(tp)) if get_origin(tp) is Union else {tp}
+    if allowed == {bool} and not isinstance(value, bool):
+        raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
+    if isinstance(value, list) and any(t is tuple or get_origin(t) is tuple for t in allowed):
+        return tuple(value)  # JSON / YAML lists where a tuple is annotated (e.g. a checkpoint's saved config)
     if isinstance(value, str) and (float in allowed or int in allowed):
         try:
             return int(value) if int in allowed and float not in allowed else float(value)
@@ -183,7 +197,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from a nested dict (defaults for missing keys; ``ValueError`` on unknown ones)."""
-    cfg = _build(TrainConfig, data or {}, "")
+    cfg = dataclass_from_dict(TrainConfig, data or {}, "")
     _check_choices(cfg)
     return cfg
 

@@ -124,7 +124,10 @@ def test_config_values_are_checked():
 
     cfg = config_from_dict({"train": {"lr": "7e-4", "epochs": "3"}})  # YAML reads 7e-4 as a string
     assert cfg.train.lr == pytest.approx(7e-4) and cfg.train.epochs == 3
-    with pytest.raises(ValueError, match="train.lr must be a float, got 'fast'"):
+    with pytest.raises(ValueError, match="config key 'train.lr' expects a number, got 'fast'"):
         config_from_dict({"train": {"lr": "fast"}})
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) 'model.heads'; valid keys of model:"):
         config_from_dict({"model": {"heads": "encdec"}})
+    with pytest.raises(ValueError, match="config key 'model.lifeify' expects true or false, got 'yes'"):
+        config_from_dict({"model": {"lifeify": "yes"}})
+    assert config_from_dict({"model": {"life_kernel_sizes": [3, 3]}}).model.life_kernel_sizes == (3, 3)

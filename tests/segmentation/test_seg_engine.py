@@ -168,7 +168,7 @@ def test_cli_train_and_errors(canvas_like_root, tmp_path, capsys):
         main(["segment", "train", "--config", str(config), "--output", str(tmp_path / "x"), "--set", "train.nope=1"])
         == 2
     )
-    assert "unknown key(s) ['nope']" in capsys.readouterr().err
+    assert "unknown config key(s) 'train.nope'; valid keys of train:" in capsys.readouterr().err
     assert main(["segment", "train", "--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "y")]) == 2
     assert "not found" in capsys.readouterr().err
     assert (
@@ -199,6 +199,10 @@ def test_num_classes_must_match_label_table(canvas_like_root, tmp_path):
 def test_data_config_validation():
     with pytest.raises(ValueError, match="scale_range"):
         DataConfig(scale_range=(2.0, 1.0))
-    with pytest.raises(ValueError, match="unknown config section"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) 'optim'; valid keys: model, data, train, inference"):
         config_from_dict({"optim": {}})
+    with pytest.raises(ValueError, match=r"config key 'train.epochs' expects a number, got 'ten'"):
+        config_from_dict({"train": {"epochs": "ten"}})
+    cfg = config_from_dict({"train": {"lr": "2e-3"}, "inference": {"window": [64, 96]}})  # YAML / JSON forms
+    assert cfg.train.lr == 2e-3 and cfg.inference.window == (64, 96)
     assert ModelConfig(img_size=96).img_size == (96, 96)

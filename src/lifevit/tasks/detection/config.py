@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from lifevit.config import dataclass_from_dict
+
 __all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "DetectConfig", "config_from_dict"]
 
 
@@ -147,37 +149,13 @@ class DetectConfig:
         return dataclasses.asdict(self)
 
 
-def _fill(cls: type, values: Dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; expected some of {sorted(names)}")
-    kwargs = dict(values)
-    for key, value in kwargs.items():
-        default = names[key].default
-        if isinstance(default, bool) or value is None:
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"{where}.{key} must be true or false, got {value!r}")
-            continue
-        if isinstance(default, (int, float)) and not isinstance(value, bool):
-            try:  # YAML reads 1e-3 (no dot) as a string
-                kwargs[key] = type(default)(value) if isinstance(default, float) else int(str(value))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}.{key} must be a {type(default).__name__}, got {value!r}") from err
-    if "life_kernel_sizes" in kwargs:
-        kwargs["life_kernel_sizes"] = tuple(int(k) for k in kwargs["life_kernel_sizes"])
-    return cls(**kwargs)
-
-
 def config_from_dict(values: Dict[str, Any]) -> DetectConfig:
-    """Build a :class:`DetectConfig` from nested dicts (``data``, ``model``, ``loss``, ``train``)."""
-    sections = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
-    unknown = sorted(set(values) - set(sections) - {"name", "description"})
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; expected some of {sorted(sections)}")
-    return DetectConfig(**{k: _fill(cls, values.get(k) or {}, k) for k, cls in sections.items()})
+    """Build a :class:`DetectConfig` from nested dicts (``data``, ``model``, ``loss``, ``train``).
+
+    Top-level ``name`` and ``description`` keys are labels for people and are not part of the config.
+    """
+    values = {k: v for k, v in (values or {}).items() if k not in ("name", "description")}
+    return dataclass_from_dict(DetectConfig, values)
 
 
 def class_names(classes: Any) -> List[str]:

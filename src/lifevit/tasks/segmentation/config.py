@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from lifevit.config import dataclass_from_dict
+
 __all__ = [
     "DECODERS",
     "DataConfig",
@@ -214,20 +216,6 @@ def _pair(value: Any, name: str) -> Tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
-def _build(cls: type, values: Dict[str, Any], section: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; expected some of {sorted(known)}")
-    return cls(**values)
-
-
 def config_from_dict(values: Dict[str, Any]) -> SegmentationConfig:
     """A :class:`SegmentationConfig` from nested dicts (a parsed YAML file, a checkpoint's ``meta['config']``)."""
-    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "inference": InferenceConfig}
-    unknown = sorted(set(values) - set(sections))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; expected some of {sorted(sections)}")
-    return SegmentationConfig(**{k: _build(cls, values.get(k, {}) or {}, k) for k, cls in sections.items()})
+    return dataclass_from_dict(SegmentationConfig, values or {})
