@@ -149,8 +149,9 @@ class LIFE(nn.Module):
         y = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
         out[..., : self.widths[0]] = y.view(B, N, 3, self.widths[0])
         offset = self.widths[0]
-        # the copy keeps autograd from holding all of y alive for the prefix tokens' pointwise convs
-        prefix, patches = y[:, :P].contiguous(), y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
+        prefix, patches = y[:, :P], y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
+        if torch.is_grad_enabled():  # a copy, so that autograd does not keep all of y alive for the prefix
+            prefix = prefix.contiguous()
         for dw, pw, c in zip(self.depthwise, self.pointwise, self.widths[1:]):
             Cin = patches.shape[-1]
             grid = patches.reshape(B, H, W, Cin).permute(0, 3, 1, 2)  # (B, Cin, H, W) channels-last view
