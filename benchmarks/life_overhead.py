@@ -166,6 +166,7 @@ def main() -> None:
         default=["deit_tiny_patch4_32:deit_tiny_patch4_32_life", "deit_tiny_patch4_32:naive"],
         help="PLAIN:LIFE model pairs",
     )
+    p.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -188,7 +189,7 @@ def main() -> None:
     rows: List[Dict] = []
     for pair in args.pairs:
         plain, life = pair.split(":")
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             samples: Dict[str, List[Dict[str, float]]] = {plain: [], life: []}
             for _ in range(args.rounds):
                 for name in (plain, life):
