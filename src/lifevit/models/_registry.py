@@ -7,7 +7,9 @@ from typing import Any, Callable, Dict, List
 import timm
 from timm.models import register_model
 
-__all__ = ["register", "list_lifevit_models"]
+__all__ = ["register", "list_lifevit_models", "cfg", "small_image_cfg", "CIFAR100_MEAN", "CIFAR100_STD"]
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 _LIFEVIT_MODELS: List[str] = []
 
@@ -46,3 +48,18 @@ def cfg(input_size=(3, 224, 224), num_classes: int = 1000, mean=None, std=None, 
         "license": "mit",
         **kwargs,
     }
+
+
+def small_image_cfg(res: int, **kwargs) -> Dict[str, Any]:
+    """Config of a small-image variant: 32 px is CIFAR (100 classes, CIFAR-100 statistics), 64 px is
+    Tiny-ImageNet (200 classes, ImageNet statistics)."""
+    if res not in (32, 64):
+        raise ValueError(f"small-image variants are 32 px (CIFAR) or 64 px (Tiny-ImageNet), got {res}")
+    cifar = res == 32
+    return cfg(
+        input_size=(3, res, res),
+        num_classes=100 if cifar else 200,
+        mean=CIFAR100_MEAN if cifar else None,
+        std=CIFAR100_STD if cifar else None,
+        **kwargs,
+    )

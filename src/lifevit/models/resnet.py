@@ -28,8 +28,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from ._registry import cfg, register
-from .vit import CIFAR100_MEAN, CIFAR100_STD
+from ._registry import register, small_image_cfg
 
 __all__ = ["CifarResNet"]
 
@@ -60,11 +59,8 @@ class CifarResNet(ResNet):
 
 
 def _cifar_cfg(res: int) -> Dict[str, Any]:
-    return cfg(
-        input_size=(3, res, res),
-        num_classes=100 if res == 32 else 200,
-        mean=CIFAR100_MEAN if res == 32 else None,
-        std=CIFAR100_STD if res == 32 else None,
+    return small_image_cfg(
+        res,
         first_conv="conv1",
         classifier="fc",
         pool_size=(res // 8, res // 8),

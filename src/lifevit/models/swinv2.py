@@ -47,8 +47,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 
 from ..layers import LIFE
-from ._registry import cfg, register
-from .vit import CIFAR100_MEAN, CIFAR100_STD
+from ._registry import cfg, register, small_image_cfg
 
 __all__ = ["LIFEWindowAttention", "LIFESwinTransformerV2", "create_swinv2"]
 
@@ -144,11 +143,8 @@ default_cfgs = generate_default_cfgs(
     {
         "swinv2_tiny_window8_256_life": _swin_cfg(input_size=(3, 256, 256), crop_pct=0.9),
         **{
-            f"swinv2_tiny_patch1_window8_{res}{suffix}": _swin_cfg(
-                input_size=(3, res, res),
-                num_classes=100 if res == 32 else 200,
-                mean=CIFAR100_MEAN if res == 32 else None,
-                std=CIFAR100_STD if res == 32 else None,
+            f"swinv2_tiny_patch1_window8_{res}{suffix}": small_image_cfg(
+                res, classifier="head.fc", fixed_input_size=True
             )
             for res in (32, 64)
             for suffix in ("", "_life")

@@ -46,8 +46,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..layers import LIFEAttention, TokenGridMixin
-from ._registry import cfg, register
-from .vit import CIFAR100_MEAN, CIFAR100_STD, create_vit
+from ._registry import cfg, register, small_image_cfg
+from .vit import create_vit
 
 __all__ = ["TokenPerformer", "T2TEmbed", "T2TVisionTransformer", "LIFET2TVisionTransformer"]
 
@@ -263,16 +263,7 @@ class LIFET2TVisionTransformer(TokenGridMixin, T2TVisionTransformer):
 default_cfgs = generate_default_cfgs(
     {
         **{f"t2t_vit_12{suffix}": cfg() for suffix in ("", "_life")},
-        **{
-            f"t2t_vit_12_{res}{suffix}": cfg(
-                input_size=(3, res, res),
-                num_classes=100 if res == 32 else 200,
-                mean=CIFAR100_MEAN if res == 32 else None,
-                std=CIFAR100_STD if res == 32 else None,
-            )
-            for res in (32, 64)
-            for suffix in ("", "_life")
-        },
+        **{f"t2t_vit_12_{res}{suffix}": small_image_cfg(res) for res in (32, 64) for suffix in ("", "_life")},
     }
 )
 

@@ -26,11 +26,10 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from ..layers import LIFEAttention, TokenGridMixin
-from ._registry import cfg, register
+from ._registry import cfg, register, small_image_cfg
 
 __all__ = ["LIFEVisionTransformer", "LIFEVisionTransformerDistilled", "create_vit"]
 
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 
@@ -81,12 +80,7 @@ default_cfgs = generate_default_cfgs(
         "deit_tiny_distilled_patch16_224_life": cfg(classifier=("head", "head_dist")),
         "deit_small_distilled_patch16_224_life": cfg(classifier=("head", "head_dist")),
         **{
-            f"deit_{size}_patch4_{res}{suffix}": cfg(
-                input_size=(3, res, res),
-                num_classes=100 if res == 32 else 200,
-                mean=CIFAR100_MEAN if res == 32 else None,
-                std=CIFAR100_STD if res == 32 else None,
-            )
+            f"deit_{size}_patch4_{res}{suffix}": small_image_cfg(res)
             for size in ("tiny", "small")
             for res in (32, 64)
             for suffix in ("", "_life")
