@@ -25,12 +25,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
+from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..layers import LIFEAttention, TokenGridMixin
 from ._registry import cfg, register, small_image_cfg
 
 __all__ = ["LIFEVisionTransformer", "LIFEVisionTransformerDistilled", "create_vit"]
-
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 
 class LIFEVisionTransformer(TokenGridMixin, VisionTransformer):
