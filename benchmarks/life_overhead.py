@@ -11,6 +11,11 @@ models and the median over rounds is reported, which keeps the ratios stable on 
 NCHW, 1x1 ``Conv2d`` pointwise convs, a concatenation per scale and one for q, k, v), written here for the
 comparison: it is what lifevit's channels-last LIFE is measured against.
 
+Allocator: ``--allocator keep`` (the default, what the ``lifevit`` command does) calls
+:func:`lifevit.runtime.keep_freed_memory` in each worker so glibc re-uses freed activations; ``--allocator
+system`` leaves glibc's defaults, under which fresh pages fault on first touch in every layer and CPU timings
+vary by 15% from run to run.
+
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU, the process's peak
 resident set size (``ru_maxrss``) minus its resident size before the first step, i.e. the activations,
 gradients, optimizer state and allocator overhead of the steps.
@@ -107,6 +112,10 @@ def _rss_mb() -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
+    if args.allocator == "keep":
+        from lifevit.runtime import keep_freed_memory
+
+        keep_freed_memory()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -152,7 +161,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def _measure(args, model: str, plain: str, mode: str) -> Dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--plain", plain, "--mode", mode]
-    for k in ("batch_size", "threads", "device", "iters", "warmup", "img_size", "num_classes"):
+    for k in ("batch_size", "threads", "device", "iters", "warmup", "img_size", "num_classes", "allocator"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -175,6 +184,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     p.add_argument("--img-size", type=int, default=0, help="input side (0: the model's default)")
     p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--allocator", default="keep", choices=["keep", "system"], help="glibc settings (see above)")
     p.add_argument("--output", type=Path, default=None, help="JSON results (default benchmarks/results/...)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -214,7 +224,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = dict(
         device=args.device, device_name=device_name, threads=args.threads, batch_size=args.batch_size,
-        iters=args.iters, rounds=args.rounds, torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+        iters=args.iters, rounds=args.rounds, allocator=args.allocator, torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d"),
         cpu_count=os.cpu_count(),
     )  # fmt: skip
     out = args.output or RESULTS / f"life_overhead_{args.device.split(':')[0]}.json"

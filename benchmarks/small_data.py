@@ -5,9 +5,14 @@ training images, several seeds; writes a markdown report and a plot.
     .venv/bin/python benchmarks/small_data.py --sizes 1000 5000 --seeds 0   # a subset
     .venv/bin/python benchmarks/small_data.py --report-only         # tabulate the runs already in --runs-dir
 
-Every run uses ``configs/fashion_mnist/vit_lite_life.yaml`` (20 epochs, the main job's recipe) with the model,
-training-set size and seed replaced; finished runs are read back, so the script can be stopped and restarted.
-The test set is always the full 10,000 images. Reported: mean and sample standard deviation of top-1 over seeds.
+Every run uses the main job's recipe (``configs/fashion_mnist/vit_lite_life.yaml``) with the model, training-set
+size and seed replaced, and the same budget of training samples seen (``--budget``, default 100,000: about 780
+optimizer steps at batch 128) for every size: 100 epochs on 1k images, 20 on 5k (exactly the main job), 10 on
+10k, 2 on 60k. Warm-up is a tenth of the epochs; the model and its EMA are evaluated once, at the end. A fixed
+step budget keeps every run equally cheap and compares the models at equal compute; it does not show where the
+60k runs would end with a longer schedule. Finished runs are read back, so the script can be stopped and
+restarted. The test set is always the full 10,000 images. Reported: mean and sample standard deviation of top-1
+over seeds. Runs are ordered seed by seed, so a stopped grid still has whole seeds.
 """
 
 from __future__ import annotations
@@ -21,18 +26,26 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["vit_lite_patch4_28", "vit_lite_patch4_28_life", "resnet18_cifar_32"]
+MODELS = ["vit_lite_patch4_28", "vit_lite_patch4_28_life", "resnet18_lite_28"]
+FULL = 60000  # Fashion-MNIST's training set
 
 
-def configs(config: Path, models, sizes, seeds, extra):
+def schedule(size: int, budget: int) -> Dict[str, float]:
+    """Epochs (at least 2), warm-up epochs (a tenth) and evaluation interval (the end) for ``budget`` samples."""
+    epochs = max(2, round(budget / size))
+    return {"epochs": epochs, "optim.warmup_epochs": epochs / 10, "eval_interval": epochs}
+
+
+def configs(config: Path, models, sizes, seeds, budget: int, extra):
     from lifevit.config import load_config
 
     out = []
-    for size in sizes:
-        for seed in seeds:
+    for seed in seeds:
+        for size in sizes:
+            sched = [f"{k}={v}" for k, v in schedule(size, budget).items()]
+            n = f"data.train_samples={size}" if size < FULL else "data.train_samples=null"
             for model in models:
-                n = f"data.train_samples={size}" if size < 60000 else "data.train_samples=null"
-                out.append(load_config(config, [f"model.name={model}", n, f"seed={seed}", *extra]))
+                out.append(load_config(config, [f"model.name={model}", n, f"seed={seed}", *sched, *extra]))
     return out
 
 
@@ -43,7 +56,7 @@ def collect(runs_dir: Path) -> Dict[Tuple[str, int], List[float]]:
     for run in find_runs(runs_dir):
         s = load_json(run / "summary.json")
         if s.get("dataset") == "fashion_mnist":
-            acc[(s["model"], int(s["train_samples"]))].append(float(s["top1"]))
+            acc[(s["model"], int(s.get("train_samples") or FULL))].append(float(s["top1"]))
     return acc
 
 
@@ -82,7 +95,7 @@ def report(acc, out_md: Path, out_png: Path) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("training images (class-balanced)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("Fashion-MNIST, 20 epochs")
+    ax.set_title("Fashion-MNIST, equal budget of 100k samples seen")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -101,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "fashion_mnist" / "vit_lite_life.yaml")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "small_data")
+    p.add_argument("--budget", type=int, default=100_000, help="training samples seen per run (sets the epochs)")
     p.add_argument("--jobs", type=int, default=2, help="runs at the same time (one process each)")
     p.add_argument("--set", dest="extra", action="append", default=[], help="config override, e.g. device=cuda")
     p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
@@ -112,7 +126,9 @@ def main(argv=None) -> int:
         from lifevit.engine.compare import train_or_read
 
         train_or_read(
-            configs(args.config, args.models, args.sizes, args.seeds, args.extra), args.runs_dir, jobs=args.jobs
+            configs(args.config, args.models, args.sizes, args.seeds, args.budget, args.extra),
+            args.runs_dir,
+            jobs=args.jobs,
         )
     acc = collect(args.runs_dir)
     if not acc:

@@ -91,7 +91,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     sched: str = "cosine"
-    warmup_epochs: int = 2
+    warmup_epochs: float = 2  # may be fractional: warm-up is counted in optimizer steps
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     clip_grad: Optional[float] = 1.0

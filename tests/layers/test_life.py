@@ -35,9 +35,13 @@ def test_matches_reference_and_shapes(prefix, dim, grid):
     H, W = grid
     m = LIFE(dim, num_prefix_tokens=prefix)
     x = torch.randn(2, prefix + H * W, dim)
-    out = m(x, grid_size=grid)
+    out = m(x, grid_size=grid)  # autograd on: the scales are concatenated
     assert out.shape == (2, prefix + H * W, 3 * dim)
-    torch.testing.assert_close(out, reference_life(m, x, H, W), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        reference = reference_life(m, x, H, W)
+        out_no_grad = m(x, grid_size=grid)  # autograd off: the scales are written into one buffer
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_no_grad, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_widths_split_rule():

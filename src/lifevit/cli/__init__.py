@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lifevit", description="Vision Transformers with LIFE for small data sets (train, evaluate, profile)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="leave glibc's malloc settings alone (by default freed memory is kept for re-use: faster on CPU, "
+        "see lifevit.runtime)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     package = sys.modules[__name__]
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
@@ -41,6 +47,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.system_allocator:
+        from ..runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:

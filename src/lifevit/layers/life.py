@@ -25,8 +25,9 @@ Width split: ``out_dim`` is divided as evenly as possible, earlier scales taking
 192 -> (64, 64, 64) and 256 -> (86, 85, 85) for three scales.
 
 Layout: tokens arrive channels-last, (B, N, C). The depthwise conv runs on a channels-last *view* of the
-patch tokens (no NCHW copy) and the pointwise convs are ``nn.Linear`` over (B, N, C); the scales are
-written straight into one output buffer instead of being concatenated.
+patch tokens (no NCHW copy) and the pointwise convs are ``nn.Linear`` over (B, N, C). Without autograd the
+scales are written straight into one output buffer instead of being concatenated; with autograd they are
+concatenated once, because the backward pass of in-place slice writes copies the whole gradient per write.
 """
 
 from __future__ import annotations
@@ -137,32 +138,59 @@ class LIFE(nn.Module):
             )
         return H, W
 
-    def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        if x.ndim != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"LIFE expects tokens of shape (B, N, {self.dim}), got {tuple(x.shape)}")
-        B, N, _ = x.shape
-        H, W = self._grid(N, grid_size)
+    # Two ways to assemble [q_1 ... q_S | k_1 ... | v_1 ...], with the same result. Without autograd, every scale is
+    # written into one pre-allocated buffer (no concatenation copies). With autograd, in-place writes into slices
+    # of a buffer would make every backward slice-copy clone the whole gradient buffer, so the scales are
+    # concatenated instead (whose backward only takes views).
+    def _project_into_buffer(self, x: torch.Tensor, B: int, N: int, H: int, W: int) -> torch.Tensor:
         P = self.num_prefix_tokens
-        D = self.out_dim
-
-        out = x.new_empty(B, N, 3, D)  # every scale writes its share of q, k and v here
+        out = x.new_empty(B, N, 3, self.out_dim)  # every scale writes its share of q, k and v here
         y = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
         out[..., : self.widths[0]] = y.view(B, N, 3, self.widths[0])
         offset = self.widths[0]
         prefix, patches = y[:, :P], y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
-        if torch.is_grad_enabled():  # a copy, so that autograd does not keep all of y alive for the prefix
-            prefix = prefix.contiguous()
         for dw, pw, c in zip(self.depthwise, self.pointwise, self.widths[1:]):
-            Cin = patches.shape[-1]
-            grid = patches.reshape(B, H, W, Cin).permute(0, 3, 1, 2)  # (B, Cin, H, W) channels-last view
-            grid = dw(grid.contiguous(memory_format=torch.channels_last))
-            patches = pw(grid.permute(0, 2, 3, 1).reshape(B, H * W, Cin))  # (B, H*W, 3*c)
+            patches = pw(self._depthwise(dw, patches, B, H, W))  # (B, H*W, 3*c)
             out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
             if P:
                 prefix = pw(prefix)  # (B, P, 3*c): prefix tokens skip the depthwise conv
                 out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
             offset += c
+        return out
 
+    def _project_with_cat(self, x: torch.Tensor, B: int, N: int, H: int, W: int) -> torch.Tensor:
+        P = self.num_prefix_tokens
+        y = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
+        scales = [y.view(B, N, 3, self.widths[0])]
+        # the prefix as its own (small) tensor, so that autograd does not keep all of y alive for it
+        prefix, patches = y[:, :P].contiguous(), y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
+        for dw, pw, c in zip(self.depthwise, self.pointwise, self.widths[1:]):
+            patches = pw(self._depthwise(dw, patches, B, H, W))  # (B, H*W, 3*c)
+            if P:
+                prefix = pw(prefix)  # (B, P, 3*c): prefix tokens skip the depthwise conv
+                scales.append(torch.cat((prefix, patches), dim=1).view(B, N, 3, c))
+            else:
+                scales.append(patches.view(B, N, 3, c))
+        return torch.cat(scales, dim=-1) if len(scales) > 1 else scales[0]  # (B, N, 3, D)
+
+    @staticmethod
+    def _depthwise(dw: nn.Conv2d, patches: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+        """Depthwise conv of (B, H*W, C) patch tokens on their grid, channels-last in and out: (B, H*W, C)."""
+        C = patches.shape[-1]
+        grid = patches.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), a channels-last view
+        grid = dw(grid.contiguous(memory_format=torch.channels_last))
+        return grid.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"LIFE expects tokens of shape (B, N, {self.dim}), got {tuple(x.shape)}")
+        B, N, _ = x.shape
+        H, W = self._grid(N, grid_size)
+        D = self.out_dim
+        if torch.is_grad_enabled():
+            out = self._project_with_cat(x, B, N, H, W)  # (B, N, 3, D)
+        else:
+            out = self._project_into_buffer(x, B, N, H, W)  # (B, N, 3, D)
         if self.q_norm is not None:
             q, k, v = out.unbind(2)  # each (B, N, D)
             out = torch.stack((self.q_norm(q), self.k_norm(k), self.v_norm(v)), dim=2)
