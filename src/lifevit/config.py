@@ -29,6 +29,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_model_kwargs",
     "config_from_dict",
     "config_to_dict",
     "dataclass_from_dict",
@@ -130,7 +131,23 @@ class TrainConfig:
     tensorboard: bool = True
 
 
+def check_model_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
+    """Refuse ``timm.create_model`` keyword arguments that timm would silently drop.
+
+    timm drops every ``None``-valued keyword, so a YAML typo such as ``{patch_size:6}`` (no space after the
+    colon: one key ``"patch_size:6"`` with no value) would build the default model without a word.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{where} must be a mapping of keyword arguments, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{where} has the key {key!r}, which is not a keyword name; in YAML write {{key: value}}")
+        if value is None:
+            raise ValueError(f"{where}.{key} has no value; in YAML write {{{key}: value}} (with a space after ':')")
+
+
 def _check_choices(cfg: TrainConfig) -> None:
+    check_model_kwargs(cfg.model.kwargs, "model.kwargs")
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     if cfg.distill.type not in ("none", "soft", "hard"):

@@ -67,3 +67,20 @@ def test_every_classification_config_loads_and_names_a_registered_model(path):
     assert cfg.data.dataset == path.parent.name
     if path.parent.name in PAPER:
         assert cfg.epochs == 300 and cfg.aug.mixup == 0.8 and cfg.aug.randaugment
+
+
+@pytest.mark.parametrize("bad", ["model.kwargs={patch_size:6}", "model.kwargs={depth: null}"])
+def test_model_kwargs_that_timm_would_drop_are_errors(bad):
+    # "{patch_size:6}" is YAML for {"patch_size:6": None}; timm would silently build the default model
+    with pytest.raises(ValueError, match="in YAML write"):
+        config_from_dict(apply_overrides({}, [bad]))
+
+
+def test_task_configs_check_backbone_kwargs():
+    from lifevit.tasks.detection.config import ModelConfig as DetectionModel
+    from lifevit.tasks.segmentation.config import ModelConfig as SegmentationModel
+
+    for cls in (DetectionModel, SegmentationModel):
+        assert cls(backbone_kwargs={"patch_size": 6}).backbone_kwargs == {"patch_size": 6}
+        with pytest.raises(ValueError, match="model.backbone_kwargs"):
+            cls(backbone_kwargs={"patch_size:6": None})

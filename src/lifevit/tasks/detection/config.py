@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from lifevit.config import dataclass_from_dict
+from lifevit.config import check_model_kwargs, dataclass_from_dict
 
 __all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "DetectConfig", "config_from_dict"]
 
@@ -83,6 +83,9 @@ class ModelConfig:
     dropout: float = 0.0
     life_kernel_sizes: Tuple[int, ...] = (3, 5)
     anchor_size: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
 
 
 @dataclass

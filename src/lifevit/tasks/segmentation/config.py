@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from lifevit.config import dataclass_from_dict
+from lifevit.config import check_model_kwargs, dataclass_from_dict
 
 __all__ = [
     "DECODERS",
@@ -75,6 +75,7 @@ class ModelConfig:
             raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
         if not self.out_indices:
             raise ValueError("model.out_indices must name at least one block / stage")
+        check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
 
 
 @dataclass
