@@ -31,6 +31,7 @@ from typing import Any, Dict, List
 import yaml
 
 from lifevit.profile import count_macs, count_params
+from lifevit.runtime import keep_freed_memory
 from lifevit.tasks.segmentation import ModelConfig, build_segmenter, config_from_dict
 from lifevit.tasks.segmentation.engine import fit
 
@@ -122,7 +123,7 @@ def main() -> None:
     p.add_argument("--data", default="data/canvas", help="canvas set folder (generated when missing)")
     p.add_argument("--output", default="runs/bench_segmentation", help="folder for the runs and results.json")
     p.add_argument("--only", choices=("cost", "canvas"), help="run one part only")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (the config's: 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for training (the config's: 2)")
     p.add_argument(
         "--backbone",
         action="append",
@@ -131,6 +132,7 @@ def main() -> None:
     )
     p.add_argument("--epochs", type=int, default=None, help="override the canvas config's epochs")
     args = p.parse_args()
+    keep_freed_memory()  # as the lifevit command does, so times match `lifevit segment train`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
