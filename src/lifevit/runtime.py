@@ -5,8 +5,8 @@ every block above a threshold and trims the top of the heap). A PyTorch forward 
 tensors of the same sizes in every layer, so each new activation is fresh memory whose pages fault on first
 touch. :func:`keep_freed_memory` tells glibc to keep freed memory for re-use instead. This is the same thing
 PyTorch's CPU performance guide gets from switching to jemalloc or tcmalloc. Without it, the time of a DeiT-T
-forward pass on 2 cores varied by 15% from run to run here; with it, both the plain and the LIFE model
-were about 15% faster and steady (``docs/performance.md``). The cost: the process keeps its peak heap
+forward pass on 2 cores varied by about 15% from run to run here; with it, both the plain and the LIFE model
+were 10-25% faster and steady (``docs/performance.md``). The cost: the process keeps its peak heap
 instead of returning it, which a training process does in practice anyway.
 
 The ``lifevit`` command calls it at start-up (``lifevit --system-allocator ...`` turns it off); library users
@@ -28,7 +28,7 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc refuses larger values on 64-bit systems
-_TRIM_THRESHOLD = 1 << 40  # never trim the heap
+_TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes: in practice, never trim the heap
 _TOP_PAD = 256 * 1024 * 1024  # grow the heap in 256 MiB steps
 
 
@@ -51,7 +51,7 @@ def keep_freed_memory() -> bool:
         mallopt(param, value) == 1
         for param, value in (
             (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX),
-            (_M_TRIM_THRESHOLD, min(_TRIM_THRESHOLD, 2**31 - 1)),
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
             (_M_TOP_PAD, _TOP_PAD),
         )
     )
