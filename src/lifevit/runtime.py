@@ -47,13 +47,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX),
-            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-            (_M_TOP_PAD, _TOP_PAD),
-        )
-    )
+    settings = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))
+    ok = all([mallopt(param, value) == 1 for param, value in settings])  # a list: every setting is tried
     _logger.debug("glibc allocator set to keep freed memory: %s", ok)
     return ok

@@ -18,8 +18,9 @@ resnet50_cifar_64   3-4-6-3 (b)  3x64x64 / 200 (Tiny-ImageNet)
 resnet18_lite_28    2-2-2-2 (q)  1x28x28 / 10 (Fashion-MNIST)
 ==================  ===========  ===========================
 
-(b): bottleneck blocks. (q): quarter width, stages of 16-32-64-128 channels after timm's 64-channel stem conv; the CNN baseline of the CPU-scale
-``vit_lite_patch4_28`` pair (0.71 M parameters, about the same training step time on a CPU). The model takes any input size; the name only sets the default config.
+(b): bottleneck blocks. (q): quarter width, stages of 16-32-64-128 channels after timm's 64-channel stem
+conv; the CNN baseline of the CPU-scale ``vit_lite_patch4_28`` pair (0.71 M parameters, about the same
+training step time on a CPU). The model takes any input size; the name only sets the default config.
 """
 
 from __future__ import annotations
