@@ -1,10 +1,15 @@
-"""Engine and command line: one training step, a run folder with resume, eval from the checkpoint, predict PNGs."""
+"""Engine and command line: one training step, a run folder with resume, eval from the checkpoint, predict PNGs,
+two DDP processes (torchrun, gloo) against one."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from lifevit.cli import main
@@ -152,7 +157,6 @@ def test_fit_resume_eval_predict(canvas_like_root, tmp_path, capsys):
 
 
 def test_cli_train_and_errors(canvas_like_root, tmp_path, capsys):
-    import yaml
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(_config(canvas_like_root)))
@@ -206,3 +210,38 @@ def test_data_config_validation():
     cfg = config_from_dict({"train": {"lr": "2e-3"}, "inference": {"window": [64, 96]}})  # YAML / JSON forms
     assert cfg.train.lr == 2e-3 and cfg.inference.window == (64, 96)
     assert ModelConfig(img_size=96).img_size == (96, 96)
+
+
+def test_two_gloo_processes_match_one_process(canvas_like_root, tmp_path):
+    def config(batch_size):
+        values = _config(canvas_like_root, epochs=2)
+        # no per-process randomness left: full-size crops, no flip; SGD (see tests/engine/test_ddp.py)
+        values["data"].update(scale_range=[1.0, 1.0], hflip=0.0)
+        values["train"].update(batch_size=batch_size, optimizer="sgd", lr=0.05)
+        values["inference"] = {"mode": "whole", "batch_size": 1, "flip": True}
+        return values
+
+    one = fit(config_from_dict(config(4)), tmp_path / "one")
+    cfg_file = tmp_path / "ddp.yaml"
+    cfg_file.write_text(yaml.safe_dump(config(2)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["-m", "lifevit", "segment", "train", "--config", str(cfg_file), "--output", str(tmp_path / "two")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("run folder:") == 1  # only rank 0 reports
+
+    a, b = load_checkpoint(tmp_path / "one" / "checkpoints"), load_checkpoint(tmp_path / "two" / "checkpoints")
+    assert a.epoch == b.epoch == 2
+    for k, v in a.model_state.items():
+        torch.testing.assert_close(b.model_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert b.training_state["extra"]["rng_per_rank"].keys() == {"0", "1"}
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    # sharded evaluation: the confusion matrices of both shards are summed, so the numbers are the whole set's
+    assert two["mIoU"] == pytest.approx(one["mIoU"], abs=1e-4)
+    assert two["per_class_iou"] == pytest.approx(one["per_class_iou"], abs=1e-4)
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in ref], rel=1e-4)
+    assert [r["val_loss"] for r in records] == pytest.approx([r["val_loss"] for r in ref], rel=1e-4)

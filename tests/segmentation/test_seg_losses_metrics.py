@@ -132,3 +132,28 @@ def test_sliding_window_equals_whole_where_the_window_fits():
     assert part.shape == whole.shape and torch.isfinite(part).all() and not torch.allclose(part, whole)
     with pytest.raises(ValueError, match="inference mode"):
         infer_logits(model, x, "tiles")
+
+
+class LeftEdge(nn.Module):
+    """Not flip-equivariant: the logit of class 1 is the column index, so a flip changes the prediction."""
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        cols = torch.arange(W, dtype=torch.float32).expand(B, 1, H, W)
+        return {"logits": torch.cat([x[:, :1], cols], dim=1)}  # (B, 2, H, W)
+
+
+@pytest.mark.parametrize("mode, mean_col", [("whole", 14.5), ("slide", 7.5)])
+def test_flip_averages_the_flipped_prediction(mode, mean_col):
+    x = torch.randn(2, 3, 20, 30)
+    kw = dict(window=(12, 16), stride=(8, 14), batch_size=3)  # windows at x = 0 and 14: a flip swaps them
+    plain = infer_logits(LeftEdge(), x, mode, **kw)
+    flipped = infer_logits(LeftEdge(), x, mode, flip=True, **kw)
+    # class 1: (j + (w - 1 - j)) / 2 everywhere, w = the image (30) or window (16) width; class 0 (the image,
+    # flip-equivariant) unchanged
+    assert not torch.allclose(plain[:, 1], torch.full_like(plain[:, 1], mean_col))
+    assert torch.allclose(flipped[:, 1], torch.full_like(flipped[:, 1], mean_col))
+    assert torch.allclose(flipped[:, 0], plain[:, 0], atol=1e-6)
+    # a flip-equivariant model gives the same logits with and without the flip
+    model = PerPixel()
+    assert torch.allclose(infer_logits(model, x, mode, flip=True, **kw), infer_logits(model, x, mode, **kw), atol=1e-6)

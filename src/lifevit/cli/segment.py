@@ -2,6 +2,7 @@
 
 Configuration is merged here, once: the YAML file (``--config``), then the dedicated flags, then any
 ``--set section.key=value`` overrides, into a typed :class:`~lifevit.tasks.segmentation.SegmentationConfig`.
+``train`` runs under ``torchrun`` for several processes (DDP; gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("whole", "slide"), help="inference.mode")
     p.add_argument("--window", type=int, nargs=2, metavar=("H", "W"), help="sliding window (inference.window)")
     p.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding stride (inference.stride)")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average in the prediction of the horizontally flipped image (inference.flip)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -111,9 +118,11 @@ def _inference_overrides(values: Dict[str, Any], args: argparse.Namespace) -> No
     _put(values, "inference", "mode", args.mode)
     _put(values, "inference", "window", args.window)
     _put(values, "inference", "stride", args.stride)
+    _put(values, "inference", "flip", args.flip)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from lifevit.engine.distributed import cleanup_distributed, is_main
     from lifevit.tasks.segmentation.config import config_from_dict
     from lifevit.tasks.segmentation.engine import fit
 
@@ -133,7 +142,13 @@ def run_train(args: argparse.Namespace) -> int:
     _put(values, "train", "threads", args.threads)
     _apply_sets(values, args.set)
     cfg = config_from_dict(values)
-    summary = fit(cfg, out, resume=args.resume)
+    try:
+        summary = fit(cfg, out, resume=args.resume)
+        main = is_main()  # before the process group is gone
+    finally:
+        cleanup_distributed()
+    if not main:
+        return 0
     print(
         f"mIoU {summary['mIoU']:.4f} (best {summary['best_mIoU']:.4f} at epoch {summary['best_epoch']}), "
         f"pixel acc {summary['pixel_acc']:.4f}, {summary['train_wall_seconds']:.0f} s"

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -40,6 +38,7 @@ from .checkpoint import create_model_from_checkpoint, load_checkpoint, resolve_c
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .losses import ClassificationCriterion, DistillationCriterion, base_criterion
 from .plots import plot_confusion_matrix, plot_curves
+from .rng import gather_rng_states, rng_state, seed_everything, set_rng_state
 from .rundir import MetricsLogger, prepare_output_dir, write_json
 
 __all__ = [
@@ -75,28 +74,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -570,7 +547,7 @@ def train(
         train_seconds = extra.get("train_seconds", 0.0)
         rng = extra.get("rng_per_rank", {}).get(str(dist_info.rank)) or extra.get("rng")
         if rng is not None:
-            _set_rng_state(rng)
+            set_rng_state(rng)
         if "scheduler" in ckpt.training_state:
             scheduler.load_state_dict(ckpt.training_state["scheduler"])
         scheduler.step(start_epoch)
@@ -671,7 +648,7 @@ def train(
                     stats["train_seconds"],
                 )
             if ckpt_dir is not None and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == cfg.epochs):
-                rng_all = _gather_rng(dist_info)
+                rng_all = gather_rng_states(dist_info)
                 if main:
                     save_checkpoint(
                         ckpt_dir,
@@ -684,7 +661,7 @@ def train(
                         extra={
                             "best_top1": best_top1,
                             "train_seconds": train_seconds,
-                            "rng": _rng_state(),
+                            "rng": rng_state(),
                             "rng_per_rank": rng_all,
                         },
                     )
@@ -738,16 +715,6 @@ def train(
         )
     barrier()
     return summary
-
-
-def _gather_rng(dist_info: DistInfo) -> Dict[str, Any]:
-    """Every process's RNG state, keyed by rank (so each resumes its own dropout / drop-path stream)."""
-    state = _rng_state()
-    if not dist_info.enabled:
-        return {"0": state}
-    gathered: List[Any] = [None] * dist_info.world_size
-    torch.distributed.all_gather_object(gathered, state)
-    return {str(r): s for r, s in enumerate(gathered)}
 
 
 def evaluate_checkpoint(

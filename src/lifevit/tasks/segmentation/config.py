@@ -177,12 +177,15 @@ class InferenceConfig:
         window: (H, W) of a sliding window (clamped to the image where the image is smaller).
         stride: (H, W) step between windows.
         batch_size: Images per evaluation batch (``whole``) / windows per forward (``slide``).
+        flip: Also predict the horizontally flipped image and average the logits (test-time augmentation, twice
+            the inference compute).
     """
 
     mode: str = "slide"
     window: Tuple[int, int] = (512, 512)
     stride: Tuple[int, int] = (341, 341)
     batch_size: int = 1
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):

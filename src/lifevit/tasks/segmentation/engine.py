@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -20,11 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lifevit.data.cityscapes import IGNORE_INDEX, CityscapesSegmentation, LabelTable, load_label_table
 from lifevit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lifevit.engine.distributed import all_reduce_sum, barrier, init_distributed
 from lifevit.engine.plots import plot_curves
+from lifevit.engine.rng import gather_rng_states, seed_everything, set_rng_state
 from lifevit.engine.rundir import MetricsLogger, prepare_output_dir, write_json
 
 from .config import DataConfig, InferenceConfig, SegmentationConfig, TrainConfig, config_from_dict
@@ -178,8 +179,10 @@ def evaluate(
 ) -> Dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy (and the loss, with a criterion) of ``model`` on ``dataset``.
 
-    Images are predicted at full size, ``whole`` or by sliding windows (``inference``, default whole); they are
-    batched ``inference.batch_size`` at a time, so a batch must hold images of one size.
+    Images are predicted at full size, ``whole`` or by sliding windows (``inference``, default whole), with the
+    horizontally flipped image averaged in when ``inference.flip``; they are batched ``inference.batch_size`` at a
+    time, so a batch must hold images of one size. Under DDP (a process group exists) every process predicts its
+    shard and the confusion matrices and losses are summed, so every process returns the whole set's numbers.
 
     Returns:
         ``mIoU``, ``mAcc``, ``pixel_acc``, ``per_class_iou`` ({class: IoU}), ``num_images``, ``eval_seconds``,
@@ -188,21 +191,32 @@ def evaluate(
     inference = inference or InferenceConfig(mode="whole")
     model.eval()
     metrics = SegmentationMetrics(dataset.num_classes, IGNORE_INDEX, dataset.class_names, device)
-    loader = DataLoader(dataset, batch_size=max(inference.batch_size, 1), shuffle=False, num_workers=0)
+    shard: Dataset = dataset
+    if torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        shard = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(shard, batch_size=max(inference.batch_size, 1), shuffle=False, num_workers=0)
     start, loss_sum, batches = time.perf_counter(), 0.0, 0
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         logits = infer_logits(
-            model, images, inference.mode, inference.window, inference.stride, batch_size=max(inference.batch_size, 1)
+            model,
+            images,
+            inference.mode,
+            inference.window,
+            inference.stride,
+            batch_size=max(inference.batch_size, 1),
+            flip=inference.flip,
         )  # (B, K, H, W)
         if criterion is not None:
             loss_sum += float(criterion({"logits": logits}, targets)["loss"])
             batches += 1
         metrics.update(logits.argmax(1), targets)
-    stats: Dict[str, Any] = metrics.compute()
+    stats: Dict[str, Any] = metrics.compute()  # torchmetrics sums the confusion matrices over processes
     stats.update(num_images=len(dataset), eval_seconds=time.perf_counter() - start)
     if criterion is not None:
-        stats["loss"] = loss_sum / max(batches, 1)
+        sums = all_reduce_sum(torch.tensor([loss_sum, batches], dtype=torch.float64, device=device))
+        stats["loss"] = float(sums[0] / sums[1].clamp(min=1))
     return stats
 
 
@@ -216,18 +230,13 @@ def _meta(cfg: SegmentationConfig, table: LabelTable) -> Dict[str, Any]:
     }
 
 
-def _rng_state() -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = False) -> Dict[str, Any]:
     """Train ``cfg`` in the run folder ``output_dir``, evaluating every ``cfg.train.eval_every`` epochs.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its shard of each epoch with
+    ``cfg.train.batch_size`` images per step (DDP averages the gradients: a global batch of
+    ``batch_size * world_size``), evaluation is sharded and the confusion matrices are summed, and only rank 0
+    writes the run folder.
 
     Args:
         cfg: The experiment.
@@ -236,16 +245,22 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
 
     Returns:
         The summary written to ``summary.json``: final and best ``mIoU``, per-class IoU of the last evaluation,
-        parameter count, epochs, wall time and the paths of the checkpoints and plots.
+        parameter count, epochs, processes, wall time and the paths of the checkpoints and plots.
     """
-    out = prepare_output_dir(output_dir, resume=resume)
     tc = cfg.train
+    device = resolve_device(tc.device)
+    dist_info = init_distributed(device)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    main = dist_info.is_main
+    out = Path(output_dir)
+    if main:
+        prepare_output_dir(out, resume=resume)
+    barrier()
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed)
-    random.seed(tc.seed)
+    seed_everything(tc.seed)  # the same initial weights in every process
 
     datasets = build_datasets(cfg.data)
     train_set, val_set = datasets["train"], datasets["val"]
@@ -257,17 +272,25 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
     # when resuming, the weights come from the checkpoint: do not fetch pretrained ones again
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None) if resume else cfg.model
     model = build_segmenter(model_cfg).to(device)
+    if dist_info.enabled:
+        seed_everything(tc.seed + dist_info.rank)  # a different augmentation stream per process
     criterion = SegmentationCriterion(cfg.model.num_classes).to(device)
-    generator = torch.Generator().manual_seed(tc.seed)
+    # the same shuffle for 1 or N processes (each takes every N-th image of it), re-drawn from the seed and the
+    # epoch, so a resumed run sees the same order
+    sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True, seed=tc.seed)
     loader = DataLoader(
         train_set,
         batch_size=tc.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) >= tc.batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) >= tc.batch_size,
         num_workers=cfg.data.num_workers,
-        generator=generator,
         persistent_workers=cfg.data.num_workers > 0,
     )
+    if len(loader) == 0:
+        raise ValueError(
+            f"{len(train_set)} training images cannot feed {dist_info.world_size} process(es); need at least one "
+            "image per process"
+        )
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, tc.epochs * len(loader))
     ckpt_dir = out / "checkpoints"
@@ -285,16 +308,22 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         scheduler.load_state_dict(ckpt.training_state["scheduler"])
         extra = ckpt.training_state.get("extra", {})
         best, best_epoch = extra.get("best_miou", best), extra.get("best_epoch", best_epoch)
-        if "rng" in extra:
-            _set_rng_state(extra["rng"])
-            generator.set_state(extra["loader_rng"])
+        rng = extra.get("rng_per_rank", {}).get(str(dist_info.rank)) or extra.get("rng")
+        if rng is not None:
+            set_rng_state(rng)
         start_epoch = ckpt.epoch
         logger.info("resuming %s from epoch %d", out, start_epoch)
-    write_json(out / "config.json", cfg.to_dict())  # on resume: the config it continues with
+    if main:
+        write_json(out / "config.json", cfg.to_dict())  # on resume: the config it continues with
 
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "training %s + %s decoder (%.2f M params) on %d images (%d val), %d epochs of %d iterations, device %s",
+        "training %s + %s decoder (%.2f M params) on %d images (%d val), %d epochs of %d iterations x %d "
+        "process(es), device %s",
         cfg.model.backbone,
         cfg.model.decoder,
         n_params / 1e6,
@@ -302,17 +331,33 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         len(val_set),
         tc.epochs,
         len(loader),
+        dist_info.world_size,
         device,
     )
     run_start = time.perf_counter()
     last_eval: Dict[str, Any] = {}
-    with MetricsLogger(out) as mlog:
-        if resume:
+    mlog = MetricsLogger(out) if main else None
+    try:
+        if mlog is not None and resume:
             mlog.truncate(start_epoch + 1)
         for epoch in range(start_epoch, tc.epochs):
+            sampler.set_epoch(epoch)
             stats = train_one_epoch(
-                model, criterion, loader, optimizer, scheduler, device, epoch, tc.clip_grad, tc.amp, tc.log_every
+                train_model,
+                criterion,
+                loader,
+                optimizer,
+                scheduler,
+                device,
+                epoch,
+                tc.clip_grad,
+                tc.amp,
+                tc.log_every if main else 0,
             )
+            if dist_info.enabled:  # the mean loss over all processes
+                loss = all_reduce_sum(torch.tensor([stats["loss"]], dtype=torch.float64, device=device))
+                stats["loss"] = float(loss) / dist_info.world_size
+                stats["img_per_s"] *= dist_info.world_size
             record: Dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
             record["lr"] = record.pop("train_lr")
             if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -323,23 +368,36 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
                     val_pixel_acc=last_eval["pixel_acc"],
                     val_seconds=last_eval["eval_seconds"],
                 )
-                logger.info(
-                    "epoch %d: val mIoU %.4f pixel acc %.4f", epoch + 1, last_eval["mIoU"], last_eval["pixel_acc"]
-                )
+                if main:
+                    logger.info(
+                        "epoch %d: val mIoU %.4f pixel acc %.4f", epoch + 1, last_eval["mIoU"], last_eval["pixel_acc"]
+                    )
                 if last_eval["mIoU"] > best:
                     best, best_epoch = last_eval["mIoU"], epoch + 1
-                    save_checkpoint(ckpt_dir, model=model, meta=meta, epoch=epoch + 1, name="best")
-            mlog.log(record)
-            extra = {
-                "best_miou": best,
-                "best_epoch": best_epoch,
-                "rng": _rng_state(),
-                "loader_rng": generator.get_state(),
-            }
-            save_checkpoint(
-                ckpt_dir, model=model, meta=meta, epoch=epoch + 1, optimizer=optimizer, scheduler=scheduler, extra=extra
-            )
-    plot_curves(out / "metrics.jsonl", out / "curves.png")
+                    if main:
+                        save_checkpoint(ckpt_dir, model=model, meta=meta, epoch=epoch + 1, name="best")
+            rng_all = gather_rng_states(dist_info)
+            if main:
+                mlog.log(record)
+                extra = {
+                    "best_miou": best,
+                    "best_epoch": best_epoch,
+                    "rng": rng_all["0"],
+                    "rng_per_rank": rng_all,
+                }
+                save_checkpoint(
+                    ckpt_dir,
+                    model=model,
+                    meta=meta,
+                    epoch=epoch + 1,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    extra=extra,
+                )
+            barrier()
+    finally:
+        if mlog is not None:
+            mlog.close()
     if not last_eval:  # resumed a finished run: evaluate the final weights once
         last_eval = evaluate(model, val_set, device, cfg.inference, criterion)
     summary = {
@@ -348,6 +406,7 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         "decoder": cfg.model.decoder,
         "params": n_params,
         "epochs": tc.epochs,
+        "world_size": dist_info.world_size,
         "mIoU": last_eval["mIoU"],
         "pixel_acc": last_eval["pixel_acc"],
         "mAcc": last_eval["mAcc"],
@@ -359,7 +418,10 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         "best_checkpoint": str(ckpt_dir / "best.safetensors"),
         "curves": str(out / "curves.png"),
     }
-    write_json(out / "summary.json", summary)
+    if main:
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        write_json(out / "summary.json", summary)
+    barrier()
     return summary
 
 
@@ -433,6 +495,7 @@ def predict_files(
             inference.window,
             inference.stride,
             batch_size=max(inference.batch_size, 1),
+            flip=inference.flip,
         )
         pred = logits[0].argmax(0).cpu().numpy().astype(np.uint8)  # (H, W)
         mask = colorize(pred, colors)

@@ -3,7 +3,7 @@
 Sliding-window inference (for full 1024 x 2048 Cityscapes frames) runs the model on overlapping windows of a
 fixed size and averages the logits of every pixel over the windows that cover it. Windows larger than the image
 are clamped to it, so an image no larger than the window is predicted in one pass, exactly like whole-image
-inference.
+inference. Either can average in the prediction of the horizontally flipped image (``flip``).
 """
 
 from __future__ import annotations
@@ -75,13 +75,25 @@ def infer_logits(
     window: Tuple[int, int] = (512, 512),
     stride: Tuple[int, int] = (341, 341),
     batch_size: int = 4,
+    flip: bool = False,
 ) -> torch.Tensor:
-    """(B, K, H, W) logits of ``images`` (B, C, H, W) by ``whole``-image or ``slide``-window inference."""
-    if mode == "whole":
-        return model(images)["logits"].float()
-    if mode == "slide":
-        return sliding_window_logits(model, images, window, stride, batch_size)
-    raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    """(B, K, H, W) logits of ``images`` (B, C, H, W) by ``whole``-image or ``slide``-window inference.
+
+    With ``flip``, the logits of the horizontally flipped images (flipped back) are averaged in: the flip test-time
+    augmentation of mmsegmentation / Segmenter, twice the compute.
+    """
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        if mode == "whole":
+            return model(x)["logits"].float()
+        return sliding_window_logits(model, x, window, stride, batch_size)
+
+    logits = predict(images)  # (B, K, H, W)
+    if flip:
+        logits = 0.5 * (logits + predict(images.flip(-1)).flip(-1))
+    return logits
 
 
 class SegmentationPostProcess(nn.Module):
