@@ -7,13 +7,15 @@ Two parts, each written as JSON and printed as Markdown tables (copied into ``do
    resolution the paper's numbers imply, see the docs) and 768 x 768, next to the paper's 10.13 M / 10.50 and
    10.21 M / 10.58.
 2. ``canvas``: trains the canvas config (``configs/segmentation/canvas_vit_lite_life.yaml``) and the same config
-   with the plain backbone (``vit_lite_patch4_28``) on the Fashion-MNIST canvas set, one after the other, and
-   records mIoU, per-class IoU, params, GMACs at 96 x 96, wall time and process CPU time. The canvas set is
-   generated first when ``--data`` has none.
+   with the plain backbone (``vit_lite_patch4_28``) on the Fashion-MNIST canvas set, one after the other, each as
+   ``lifevit segment train`` under ``torchrun`` (``--nproc`` processes of ``--threads`` threads, as the config
+   is made for), and records mIoU (and its curve), per-class IoU, params, GMACs at 96 x 96, wall time, CPU time
+   of the process tree and peak memory (resident set of the largest process). The canvas set is generated first
+   when ``--data`` has none.
 
 Usage::
 
-    python benchmarks/segmentation.py --data data/canvas --output runs/bench_segmentation [--threads 2]
+    python benchmarks/segmentation.py --data data/canvas --output runs/bench_segmentation [--nproc 2 --threads 1]
     python benchmarks/segmentation.py --only cost
 """
 
@@ -23,8 +25,9 @@ import argparse
 import copy
 import json
 import logging
-import resource
-import time
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -33,7 +36,6 @@ import yaml
 from lifevit.profile import count_macs, count_params
 from lifevit.runtime import keep_freed_memory
 from lifevit.tasks.segmentation import ModelConfig, build_segmenter, config_from_dict
-from lifevit.tasks.segmentation.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVAS_CONFIG = ROOT / "configs" / "segmentation" / "canvas_vit_lite_life.yaml"
@@ -63,13 +65,33 @@ def cost_table(sizes=(512, 768)) -> List[Dict[str, Any]]:
     return rows
 
 
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+_MEASURE = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:]).returncode
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps(dict(rc=rc, wall_s=time.perf_counter() - t, cpu_s=u.ru_utime + u.ru_stime, max_rss_kb=u.ru_maxrss)))
+"""
+
+
+def _run_measured(cmd: List[str], env: Dict[str, str]) -> Dict[str, Any]:
+    """Run ``cmd`` in a fresh child that reports the wall time, the CPU time of the whole process tree and the
+    peak resident memory of its largest process (``ru_maxrss`` of the child's children)."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, stdout=subprocess.PIPE, text=True)
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    if stats["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {stats['rc']}")
+    return stats
 
 
 def canvas_runs(
-    data: Path, output: Path, threads: int, epochs: int | None, backbones: List[str]
+    data: Path,
+    output: Path,
+    nproc: int,
+    threads: int,
+    epochs: int | None,
+    backbones: List[str],
+    overrides: List[str],
 ) -> List[Dict[str, Any]]:
     cs = data / "cityscapes"
     if not (cs / "canvas_classes.json").is_file():
@@ -78,10 +100,6 @@ def canvas_runs(
         logger.info("generating the canvas set in %s", data)
         make_canvas_dataset(data, num_train=2000, num_val=500, seed=0)
     base = yaml.safe_load(CANVAS_CONFIG.read_text())
-    base["data"].update(root=str(cs), label_table=str(cs / "canvas_classes.json"))
-    base["train"]["threads"] = threads
-    if epochs:
-        base["train"]["epochs"] = epochs
     rows = []
     for backbone in backbones:
         values = copy.deepcopy(base)
@@ -90,21 +108,35 @@ def canvas_runs(
         model = build_segmenter(cfg.model)
         params, gmacs = count_params(model), count_macs(model, (3, *cfg.data.crop_size)) / 1e9
         del model
-        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-        summary = fit(cfg, output / backbone)
+        run_dir = output / backbone
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        cmd += ["-m", "lifevit", "segment", "train", "--config", str(CANVAS_CONFIG), "--output", str(run_dir)]
+        cmd += ["--backbone", backbone, "--data-root", str(cs), "--label-table", str(cs / "canvas_classes.json")]
+        cmd += ["--threads", str(threads)]
+        if epochs:
+            cmd += ["--epochs", str(epochs)]
+        for item in overrides:
+            cmd += ["--set", item]
+        logger.info("%s", " ".join(cmd))
+        measured = _run_measured(cmd, dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rows.append(
             dict(
                 backbone=backbone,
-                decoder=cfg.model.decoder,
-                epochs=cfg.train.epochs,
+                decoder=summary["decoder"],
+                epochs=summary["epochs"],
+                processes=nproc,
                 threads=threads,
                 mIoU=round(summary["mIoU"], 4),
                 best_mIoU=round(summary["best_mIoU"], 4),
                 pixel_acc=round(summary["pixel_acc"], 4),
                 params_m=round(params / 1e6, 3),
                 gmacs=round(gmacs, 4),
-                wall_s=round(time.perf_counter() - wall0, 1),
-                cpu_s=round(_cpu_seconds() - cpu0, 1),
+                wall_s=round(measured["wall_s"], 1),
+                cpu_s=round(measured["cpu_s"], 1),
+                peak_rss_mb=round(measured["max_rss_kb"] / 1024, 1),
+                curve=[(r["epoch"], round(r["val_mIoU"], 4)) for r in history if "val_mIoU" in r],
                 per_class_iou={k: round(v, 4) for k, v in summary["per_class_iou"].items()},
             )
         )
@@ -123,7 +155,8 @@ def main() -> None:
     p.add_argument("--data", default="data/canvas", help="canvas set folder (generated when missing)")
     p.add_argument("--output", default="runs/bench_segmentation", help="folder for the runs and results.json")
     p.add_argument("--only", choices=("cost", "canvas"), help="run one part only")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for training (the config's: 2)")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (torchrun, gloo on CPU); the config's: 2")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (the config's: 1)")
     p.add_argument(
         "--backbone",
         action="append",
@@ -131,6 +164,7 @@ def main() -> None:
         help="train only this backbone (repeatable; default both, one after the other)",
     )
     p.add_argument("--epochs", type=int, default=None, help="override the canvas config's epochs")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any other override")
     args = p.parse_args()
     keep_freed_memory()  # as the lifevit command does, so times match `lifevit segment train`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -148,9 +182,11 @@ def main() -> None:
         results["canvas"] = canvas_runs(
             Path(args.data),
             output,
+            args.nproc,
             args.threads,
             args.epochs,
             args.backbone or ["vit_lite_patch4_28_life", "vit_lite_patch4_28"],
+            args.set,
         )
         print(
             _markdown(
@@ -159,6 +195,7 @@ def main() -> None:
                     "backbone",
                     "decoder",
                     "epochs",
+                    "processes",
                     "threads",
                     "mIoU",
                     "best_mIoU",
@@ -167,6 +204,7 @@ def main() -> None:
                     "gmacs",
                     "wall_s",
                     "cpu_s",
+                    "peak_rss_mb",
                 ],
             )
         )

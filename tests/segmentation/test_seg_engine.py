@@ -1,6 +1,7 @@
 """Engine and command line: one training step, a run folder with resume, eval from the checkpoint, predict PNGs,
 two DDP processes (torchrun, gloo) against one."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -132,6 +133,10 @@ def test_fit_resume_eval_predict(canvas_like_root, tmp_path, capsys):
     assert main(["segment", "eval", "--checkpoint", str(run), "--output", str(out_json)]) == 0
     cli_stats = json.loads(out_json.read_text())
     assert cli_stats["mIoU"] == pytest.approx(stats["mIoU"]) and cli_stats["epoch"] == 2
+    # --flip: the same numbers as evaluate() with flip inference
+    flipped = evaluate(model, val, torch.device("cpu"), dataclasses.replace(loaded_cfg.inference, flip=True))
+    assert main(["segment", "eval", "--checkpoint", str(run), "--flip", "--output", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["per_class_iou"] == pytest.approx(flipped["per_class_iou"], nan_ok=True)
 
     # predict writes a colourised mask, an overlay and the raw ids, all at the image size
     image = next((canvas_like_root / "leftImg8bit" / "val").rglob("*.png"))

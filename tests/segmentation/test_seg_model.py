@@ -1,7 +1,10 @@
 """Backbone adapter, decode heads and the Segmenter model: shapes, prefix tokens, non-square inputs, gradients."""
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from lifevit.layers import life_layers
 from lifevit.tasks.segmentation import (
@@ -144,3 +147,54 @@ def timm_has(name):
     import timm
 
     return name in timm.list_models()
+
+
+def _classifier_checkpoint(tmp_path, **kwargs):
+    import timm
+
+    from lifevit.engine.checkpoint import save_checkpoint
+
+    clf = timm.create_model("vit_lite_patch4_28_life", num_classes=10, **kwargs).eval()
+    ema = copy.deepcopy(clf)
+    for p in ema.parameters():
+        p.data.add_(0.01)  # the EMA weights differ from the raw ones: check which are loaded
+
+    class Ema:
+        module = ema
+
+    meta = {"task": "classification", "model": "vit_lite_patch4_28_life"}
+    save_checkpoint(tmp_path / "clf", model=clf, meta=meta, epoch=3, ema=Ema())
+    return clf, ema
+
+
+def test_init_from_a_classification_checkpoint(tmp_path):
+    """A grey-scale 28 x 28 classifier (4 px patches) starts an RGB segmentation backbone: same blocks (the EMA
+    weights), patch embedding resampled to 6 px and adapted to 3 channels, position embedding to the new grid."""
+    _, ema = _classifier_checkpoint(tmp_path)
+    backbone = create_backbone(
+        "vit_lite_patch4_28_life", img_size=96, in_chans=3, patch_size=6, init_checkpoint=str(tmp_path / "clf")
+    )
+    model = backbone.model
+    torch.testing.assert_close(model.blocks[2].attn.qkv.pointwise[0].weight, ema.blocks[2].attn.qkv.pointwise[0].weight)
+    torch.testing.assert_close(model.cls_token, ema.cls_token)
+    assert model.patch_embed.proj.weight.shape == (96, 3, 6, 6)
+    assert model.pos_embed.shape == (1, 1 + 16 * 16, 96)
+    # same patch size: a grey image repeated in 3 channels embeds exactly as the grey image in the classifier
+    same = create_backbone(
+        "vit_lite_patch4_28_life", img_size=28, in_chans=3, init_checkpoint=str(tmp_path / "clf")
+    ).model
+    grey = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(
+        same.patch_embed(grey.expand(-1, 3, -1, -1)).flatten(1, 2), ema.patch_embed(grey), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_init_checkpoint_errors(tmp_path):
+    _classifier_checkpoint(tmp_path, embed_dim=48, num_heads=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        create_backbone("vit_lite_patch4_28_life", img_size=96, in_chans=3, init_checkpoint=str(tmp_path / "clf"))
+    from lifevit.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "seg", model=nn.Linear(2, 2), meta={"task": "segmentation", "model": "x"}, epoch=1)
+    with pytest.raises(ValueError, match="expected a classification one"):
+        create_backbone("vit_lite_patch4_28_life", img_size=96, init_checkpoint=str(tmp_path / "seg"))

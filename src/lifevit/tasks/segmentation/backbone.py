@@ -9,6 +9,8 @@ one map per selected stage (strides 4, 8, 16, 32).
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
@@ -18,7 +20,9 @@ from torch import nn
 
 import lifevit.models  # noqa: F401  (registers the lifevit backbones in timm)
 
-__all__ = ["SegmentationBackbone", "create_backbone"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SegmentationBackbone", "create_backbone", "load_classifier_weights"]
 
 
 class SegmentationBackbone(nn.Module):
@@ -76,6 +80,7 @@ def create_backbone(
     pretrained_file: Optional[str] = None,
     drop_path_rate: float = 0.0,
     lifeify: bool = False,
+    init_checkpoint: Optional[str] = None,
     **kwargs: Any,
 ) -> SegmentationBackbone:
     """Build ``name`` with ``timm.create_model`` (no classifier, any input size) and wrap it.
@@ -91,6 +96,9 @@ def create_backbone(
         drop_path_rate: Stochastic depth.
         lifeify: Convert the (plain, typically ImageNet-pretrained) model to LIFE with :func:`lifevit.lifeify`
             after loading its weights: the paper's "ImageNet-1k initialisation" of the LIFE rows.
+        init_checkpoint: A ``lifevit train`` classification checkpoint (file or run folder) of the same
+            architecture to start from (:func:`load_classifier_weights`), e.g. one pre-trained on the user's
+            own classification data.
         **kwargs: Further ``timm.create_model`` arguments (``patch_size``, ``embed_dim``, ...).
     """
     if name not in timm.list_models():
@@ -114,4 +122,73 @@ def create_backbone(
         from lifevit.convert import lifeify as convert_to_life
 
         convert_to_life(model)
+    if init_checkpoint is not None:
+        info = load_classifier_weights(model, init_checkpoint)
+        logger.info("backbone initialised from %s (%s, epoch %d)", info["checkpoint"], info["model"], info["epoch"])
     return SegmentationBackbone(model, out_indices)
+
+
+def load_classifier_weights(model: nn.Module, path: Union[str, Path], use_ema: bool = True) -> Dict[str, Any]:
+    """Initialise ``model`` (a classifier-less timm ViT / SwinV2) from a ``lifevit train`` checkpoint.
+
+    The weights (the EMA weights when the checkpoint has them and ``use_ema``) go through the timm checkpoint
+    filter of the model's architecture, which resamples the patch embedding to another patch size (FlexiViT's
+    pseudo-inverse resize) and the position embedding to another grid; another number of input channels gets the
+    classifier's channels repeated and rescaled (a grey-scale classifier for RGB images). The classifier is dropped.
+
+    Returns:
+        ``{"checkpoint", "epoch", "model", "skipped"}``: what was read, and the classifier keys left out.
+
+    Raises:
+        ValueError: Not a classification checkpoint, or a tensor of the backbone is missing or has another
+            shape (another architecture).
+    """
+    from lifevit.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.meta.get("task") != "classification":
+        raise ValueError(f"{ckpt.path} is a {ckpt.meta.get('task')!r} checkpoint; expected a classification one")
+    state = dict(ckpt.ema_state if use_ema and ckpt.ema_state else ckpt.model_state)
+    filter_fn = _timm_checkpoint_filter(model)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    conv = "patch_embed.proj.weight"
+    if conv in state and conv in own and state[conv].shape[1] != own[conv].shape[1]:
+        state[conv] = _adapt_input_channels(state[conv], own[conv].shape[1])
+    skipped = sorted(k for k in state if k not in own)  # the classifier (and nothing else, checked below)
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state]
+    if wrong or missing or any(not k.startswith(("head.", "fc_norm.", "head_dist.")) for k in skipped):
+        raise ValueError(
+            f"{ckpt.path} ({ckpt.meta.get('model')}) does not fit the {type(model).__name__} backbone: "
+            f"missing {missing[:5]}, other shapes {wrong[:5]}, unexpected {skipped[:5]}; expected a checkpoint of "
+            "the same architecture"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in own})
+    return {"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "model": ckpt.meta.get("model"), "skipped": skipped}
+
+
+def _adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """(O, I, k, k) -> (O, channels, k, k): the input channels repeated and scaled by in_chans / channels, so an image
+    whose channels all equal a grey image gives the grey image's response (timm's ``adapt_input_conv`` assumes RGB
+    weights, so it does not cover a grey-scale classifier)."""
+    in_chans = weight.shape[1]
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-channels // in_chans)  # ceil
+    return weight.repeat(1, repeat, 1, 1)[:, :channels] * (in_chans / channels)
+
+
+def _timm_checkpoint_filter(model: nn.Module):
+    """The ``checkpoint_filter_fn`` of the timm module that defines ``model``'s architecture (or ``None``)."""
+    import importlib
+
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("timm.models."):
+            return getattr(importlib.import_module(cls.__module__), "checkpoint_filter_fn", None)
+    return None

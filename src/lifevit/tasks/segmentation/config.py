@@ -42,6 +42,9 @@ class ModelConfig:
         pretrained_file: A local weights file for the backbone (timm ``pretrained_cfg_overlay=dict(file=...)``).
         lifeify: Convert the backbone to LIFE after loading it (:func:`lifevit.lifeify`): a plain backbone name
             with ``pretrained`` / ``pretrained_file`` plus ``lifeify`` is the paper's ImageNet-initialised LIFE row.
+        init_checkpoint: Start the backbone from a ``lifevit train`` classification checkpoint of the same
+            architecture (patch size, grid and input channels may differ; see
+            :func:`~lifevit.tasks.segmentation.backbone.load_classifier_weights`).
         drop_path_rate: Stochastic depth of the backbone.
         decoder_layers: Transformer blocks of the mask-transformer decoder.
         decoder_dim: Width of the mask-transformer decoder (default: the backbone width).
@@ -59,6 +62,7 @@ class ModelConfig:
     pretrained: bool = False
     pretrained_file: Optional[str] = None
     lifeify: bool = False
+    init_checkpoint: Optional[str] = None
     drop_path_rate: float = 0.1
     decoder_layers: int = 2
     decoder_dim: Optional[int] = None

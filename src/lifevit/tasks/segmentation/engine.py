@@ -270,7 +270,11 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
             f"{train_set.num_classes} classes {train_set.class_names}"
         )
     # when resuming, the weights come from the checkpoint: do not fetch pretrained ones again
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None) if resume else cfg.model
+    model_cfg = (
+        dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None, init_checkpoint=None)
+        if resume
+        else cfg.model
+    )
     model = build_segmenter(model_cfg).to(device)
     if dist_info.enabled:
         seed_everything(tc.seed + dist_info.rank)  # a different augmentation stream per process
@@ -321,19 +325,20 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         ddp_ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(
-        "training %s + %s decoder (%.2f M params) on %d images (%d val), %d epochs of %d iterations x %d "
-        "process(es), device %s",
-        cfg.model.backbone,
-        cfg.model.decoder,
-        n_params / 1e6,
-        len(train_set),
-        len(val_set),
-        tc.epochs,
-        len(loader),
-        dist_info.world_size,
-        device,
-    )
+    if main:
+        logger.info(
+            "training %s + %s decoder (%.2f M params) on %d images (%d val), %d epochs of %d iterations x %d "
+            "process(es), device %s",
+            cfg.model.backbone,
+            cfg.model.decoder,
+            n_params / 1e6,
+            len(train_set),
+            len(val_set),
+            tc.epochs,
+            len(loader),
+            dist_info.world_size,
+            device,
+        )
     run_start = time.perf_counter()
     last_eval: Dict[str, Any] = {}
     mlog = MetricsLogger(out) if main else None
@@ -437,7 +442,8 @@ def load_segmenter(
     if ckpt.meta.get("task") != TASK:
         raise ValueError(f"{ckpt.path} is a {ckpt.meta.get('task')!r} checkpoint; expected a {TASK!r} one")
     cfg = config_from_dict(ckpt.meta["config"])
-    cfg.model.pretrained, cfg.model.pretrained_file = False, None  # the weights come from the checkpoint
+    # the weights come from the checkpoint
+    cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_checkpoint = False, None, None
     model = build_segmenter(cfg.model)
     model.load_state_dict(ckpt.model_state)
     return model.to(device).eval(), cfg, ckpt

@@ -58,6 +58,7 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         pretrained_file=cfg.pretrained_file,
         drop_path_rate=cfg.drop_path_rate,
         lifeify=cfg.lifeify,
+        init_checkpoint=cfg.init_checkpoint,
         **cfg.backbone_kwargs,
     )
     in_dim = backbone.channels[-1]
