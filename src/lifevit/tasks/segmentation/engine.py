@@ -254,9 +254,8 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     main = dist_info.is_main
-    out = Path(output_dir)
-    if main:
-        prepare_output_dir(out, resume=resume)
+    # every process checks the folder (and fails the same way), so none is left waiting for the others
+    out = prepare_output_dir(output_dir, resume=resume)
     barrier()
     if tc.threads:
         torch.set_num_threads(tc.threads)
