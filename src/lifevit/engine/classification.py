@@ -38,7 +38,7 @@ from .checkpoint import create_model_from_checkpoint, load_checkpoint, resolve_c
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .losses import ClassificationCriterion, DistillationCriterion, base_criterion
 from .plots import plot_confusion_matrix, plot_curves
-from .rng import gather_rng_states, rng_state, seed_everything, set_rng_state
+from .rng import restore_rng_from_checkpoint, rng_checkpoint_entries, seed_everything
 from .rundir import MetricsLogger, prepare_output_dir, write_json
 
 __all__ = [
@@ -545,9 +545,7 @@ def train(
         start_epoch = ckpt.epoch
         best_top1 = extra.get("best_top1", -1.0)
         train_seconds = extra.get("train_seconds", 0.0)
-        rng = extra.get("rng_per_rank", {}).get(str(dist_info.rank)) or extra.get("rng")
-        if rng is not None:
-            set_rng_state(rng)
+        restore_rng_from_checkpoint(extra, dist_info.rank)
         if "scheduler" in ckpt.training_state:
             scheduler.load_state_dict(ckpt.training_state["scheduler"])
         scheduler.step(start_epoch)
@@ -648,7 +646,7 @@ def train(
                     stats["train_seconds"],
                 )
             if ckpt_dir is not None and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == cfg.epochs):
-                rng_all = gather_rng_states(dist_info)
+                rng_entries = rng_checkpoint_entries(dist_info)
                 if main:
                     save_checkpoint(
                         ckpt_dir,
@@ -661,8 +659,7 @@ def train(
                         extra={
                             "best_top1": best_top1,
                             "train_seconds": train_seconds,
-                            "rng": rng_state(),
-                            "rng_per_rank": rng_all,
+                            **rng_entries,
                         },
                     )
                 barrier()

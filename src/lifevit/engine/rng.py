@@ -10,7 +10,14 @@ import torch
 
 from .distributed import DistInfo
 
-__all__ = ["gather_rng_states", "rng_state", "seed_everything", "set_rng_state"]
+__all__ = [
+    "gather_rng_states",
+    "restore_rng_from_checkpoint",
+    "rng_checkpoint_entries",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -48,3 +55,22 @@ def gather_rng_states(dist_info: DistInfo) -> Dict[str, Any]:
     gathered: List[Any] = [None] * dist_info.world_size
     torch.distributed.all_gather_object(gathered, state)
     return {str(r): s for r, s in enumerate(gathered)}
+
+
+def rng_checkpoint_entries(dist_info: DistInfo) -> Dict[str, Any]:
+    """``{"rng": rank 0's state, "rng_per_rank": {rank: state}}`` for a checkpoint's ``extra``.
+
+    A collective under DDP: every rank must call it (only rank 0 needs to write the result).
+    """
+    states = gather_rng_states(dist_info)
+    return {"rng": states["0"], "rng_per_rank": states}
+
+
+def restore_rng_from_checkpoint(extra: Dict[str, Any], rank: int = 0) -> bool:
+    """Restore this rank's RNG state from what :func:`rng_checkpoint_entries` wrote (or an older checkpoint's single
+    ``rng``); ``False`` when the checkpoint has none."""
+    state = extra.get("rng_per_rank", {}).get(str(rank)) or extra.get("rng")
+    if state is None:
+        return False
+    set_rng_state(state)
+    return True

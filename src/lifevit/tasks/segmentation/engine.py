@@ -25,7 +25,7 @@ from lifevit.data.cityscapes import IGNORE_INDEX, CityscapesSegmentation, LabelT
 from lifevit.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lifevit.engine.distributed import all_reduce_sum, barrier, init_distributed
 from lifevit.engine.plots import plot_curves
-from lifevit.engine.rng import gather_rng_states, seed_everything, set_rng_state
+from lifevit.engine.rng import restore_rng_from_checkpoint, rng_checkpoint_entries, seed_everything
 from lifevit.engine.rundir import MetricsLogger, prepare_output_dir, write_json
 
 from .config import DataConfig, InferenceConfig, SegmentationConfig, TrainConfig, config_from_dict
@@ -311,9 +311,7 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
         scheduler.load_state_dict(ckpt.training_state["scheduler"])
         extra = ckpt.training_state.get("extra", {})
         best, best_epoch = extra.get("best_miou", best), extra.get("best_epoch", best_epoch)
-        rng = extra.get("rng_per_rank", {}).get(str(dist_info.rank)) or extra.get("rng")
-        if rng is not None:
-            set_rng_state(rng)
+        restore_rng_from_checkpoint(extra, dist_info.rank)
         start_epoch = ckpt.epoch
         logger.info("resuming %s from epoch %d", out, start_epoch)
     if main:
@@ -380,14 +378,13 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
                     best, best_epoch = last_eval["mIoU"], epoch + 1
                     if main:
                         save_checkpoint(ckpt_dir, model=model, meta=meta, epoch=epoch + 1, name="best")
-            rng_all = gather_rng_states(dist_info)
+            rng_entries = rng_checkpoint_entries(dist_info)
             if main:
                 mlog.log(record)
                 extra = {
                     "best_miou": best,
                     "best_epoch": best_epoch,
-                    "rng": rng_all["0"],
-                    "rng_per_rank": rng_all,
+                    **rng_entries,
                 }
                 save_checkpoint(
                     ckpt_dir,
