@@ -3,6 +3,7 @@ two DDP processes (torchrun, gloo) against one."""
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -215,6 +216,23 @@ def test_data_config_validation():
     cfg = config_from_dict({"train": {"lr": "2e-3"}, "inference": {"window": [64, 96]}})  # YAML / JSON forms
     assert cfg.train.lr == 2e-3 and cfg.inference.window == (64, 96)
     assert ModelConfig(img_size=96).img_size == (96, 96)
+    with pytest.raises(ValueError, match="train.dice_weight must be >= 0"):
+        config_from_dict({"train": {"dice_weight": -0.5}})
+    with pytest.raises(ValueError, match="train.class_weights must be >= 0"):
+        config_from_dict({"train": {"class_weights": [1, -1]}})
+    assert config_from_dict({"train": {"class_weights": [0.5, 1]}}).train.class_weights == (0.5, 1.0)
+
+
+def test_loss_options_reach_the_criterion(canvas_like_root, tmp_path):
+    values = _config(canvas_like_root)
+    values["train"]["class_weights"] = [1.0, 2.0]  # the fixture has 3 classes
+    with pytest.raises(ValueError, match="class_weights has 2 entries, expected one per class"):
+        fit(config_from_dict(values), tmp_path / "bad")
+    values["train"].update(class_weights=[0.5, 1.0, 1.0], dice_weight=0.5)
+    summary = fit(config_from_dict(values), tmp_path / "ok")
+    assert math.isfinite(summary["mIoU"]) and json.loads((tmp_path / "ok" / "config.json").read_text())["train"][
+        "class_weights"
+    ] == [0.5, 1.0, 1.0]
 
 
 def test_two_gloo_processes_match_one_process(canvas_like_root, tmp_path):

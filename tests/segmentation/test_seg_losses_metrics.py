@@ -39,9 +39,11 @@ def test_criterion_ignores_pixels():
     assert torch.allclose(crit({"logits": changed}, target)["loss"], expected)
 
 
-def test_criterion_all_ignored_is_zero_not_nan():
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
+def test_criterion_all_ignored_is_zero_not_nan(dice_weight):
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
-    loss = SegmentationCriterion(3)({"logits": logits}, torch.full((1, 4, 4), IGNORE_INDEX))["loss"]
+    crit = SegmentationCriterion(3, dice_weight=dice_weight)
+    loss = crit({"logits": logits}, torch.full((1, 4, 4), IGNORE_INDEX))["loss"]
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
@@ -50,6 +52,30 @@ def test_criterion_all_ignored_is_zero_not_nan():
 def test_criterion_shape_mismatch():
     with pytest.raises(ValueError, match="do not match targets"):
         SegmentationCriterion(3)({"logits": torch.randn(1, 3, 4, 4)}, torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_dice_term_by_hand_and_ignore():
+    # one image, 2 classes, 4 pixels: targets [0, 1, 1, ignore]; logits chosen so the probabilities are exact
+    p1 = torch.tensor([0.2, 0.6, 0.9, 0.5])
+    logits = torch.stack([torch.zeros(4), torch.log(p1 / (1 - p1))]).view(1, 2, 1, 4)
+    target = torch.tensor([[[0, 1, 1, IGNORE_INDEX]]])
+    # class 0: p = (0.8, 0.4, 0.1), y = (1, 0, 0); class 1: p = (0.2, 0.6, 0.9), y = (0, 1, 1)
+    d0 = (2 * 0.8 + 1) / (1.3 + 1 + 1)
+    d1 = (2 * 1.5 + 1) / (1.7 + 2 + 1)
+    out = SegmentationCriterion(2, dice_weight=0.5)({"logits": logits}, target)
+    assert out["loss_dice"].item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(out["loss_ce"].item() + 0.5 * out["loss_dice"].item(), abs=1e-6)
+    # the ignored pixel does not count
+    changed = logits.clone()
+    changed[..., 3] = torch.tensor([5.0, -5.0]).view(1, 2, 1)
+    assert SegmentationCriterion(2, dice_weight=0.5)({"logits": changed}, target)["loss"].item() == pytest.approx(
+        out["loss"].item(), abs=1e-6
+    )
+    # a perfect, confident prediction has (almost) no Dice loss
+    perfect = F.one_hot(target.clamp(max=1), 2).permute(0, 3, 1, 2).float() * 30
+    assert SegmentationCriterion(2, dice_weight=1.0)({"logits": perfect}, target)["loss_dice"].item() < 1e-6
+    with pytest.raises(ValueError, match="dice_weight"):
+        SegmentationCriterion(2, dice_weight=-1.0)
 
 
 def test_metrics_numbers():

@@ -139,6 +139,8 @@ class TrainConfig:
         warmup_iters: Linear warm-up iterations.
         min_lr: Learning rate at the end of the schedule.
         clip_grad: Gradient-norm clipping (``None`` = off).
+        dice_weight: Weight of a soft Dice term added to the cross-entropy (0 = cross-entropy only).
+        class_weights: Cross-entropy weight of each class, one per class (``None`` = all 1).
         eval_every: Evaluate every this many epochs (and after the last).
         seed: Random seed.
         device: ``cpu`` or ``cuda``; ``None`` = cuda when available.
@@ -156,6 +158,8 @@ class TrainConfig:
     warmup_iters: int = 0
     min_lr: float = 1e-5
     clip_grad: Optional[float] = None
+    dice_weight: float = 0.0
+    class_weights: Optional[Tuple[float, ...]] = None
     eval_every: int = 1
     seed: int = 0
     device: Optional[str] = None
@@ -170,6 +174,12 @@ class TrainConfig:
             raise ValueError(f"train.scheduler must be 'poly' or 'cosine', got {self.scheduler!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.class_weights is not None:
+            self.class_weights = tuple(float(w) for w in _as_tuple(self.class_weights))
+            if any(w < 0 for w in self.class_weights):
+                raise ValueError(f"train.class_weights must be >= 0, got {self.class_weights}")
+        if self.dice_weight < 0:
+            raise ValueError(f"train.dice_weight must be >= 0, got {self.dice_weight}")
 
 
 @dataclass

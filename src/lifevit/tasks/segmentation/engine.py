@@ -277,7 +277,9 @@ def fit(cfg: SegmentationConfig, output_dir: Union[str, Path], resume: bool = Fa
     model = build_segmenter(model_cfg).to(device)
     if dist_info.enabled:
         seed_everything(tc.seed + dist_info.rank)  # a different augmentation stream per process
-    criterion = SegmentationCriterion(cfg.model.num_classes).to(device)
+    criterion = SegmentationCriterion(
+        cfg.model.num_classes, class_weights=tc.class_weights, dice_weight=tc.dice_weight
+    ).to(device)
     # the same shuffle for 1 or N processes (each takes every N-th image of it), re-drawn from the seed and the
     # epoch, so a resumed run sees the same order
     sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True, seed=tc.seed)
