@@ -18,8 +18,8 @@ def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
     """``1 - mean_k Dice_k`` between the softmax probabilities and the one-hot targets.
 
     Each class's Dice is ``(2 * sum p_k y_k + eps) / (sum p_k + sum y_k + eps)`` over the labelled pixels of the
-    whole batch; the mean runs over the classes present in the targets or predicted with some probability (a class
-    absent from both contributes nothing). Ignored pixels are left out of every sum.
+    whole batch; the mean runs over the classes present in the targets or whose summed probability exceeds ``eps``
+    (a class absent from both contributes nothing). Ignored pixels are left out of every sum.
 
     Args:
         logits: (B, K, H, W) class scores.
