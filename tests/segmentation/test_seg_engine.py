@@ -220,7 +220,12 @@ def test_data_config_validation():
         config_from_dict({"train": {"dice_weight": -0.5}})
     with pytest.raises(ValueError, match="train.class_weights must be >= 0"):
         config_from_dict({"train": {"class_weights": [1, -1]}})
-    assert config_from_dict({"train": {"class_weights": [0.5, 1]}}).train.class_weights == (0.5, 1.0)
+    with pytest.raises(
+        ValueError, match=r"train.class_weights has 2 entries, expected one per class \(model.num_classes = 19\)"
+    ):
+        config_from_dict({"train": {"class_weights": [0.5, 1]}})
+    two = config_from_dict({"model": {"num_classes": 2}, "train": {"class_weights": [0.5, 1]}})
+    assert two.train.class_weights == (0.5, 1.0)
 
 
 def test_loss_options_reach_the_criterion(canvas_like_root, tmp_path):
@@ -228,6 +233,7 @@ def test_loss_options_reach_the_criterion(canvas_like_root, tmp_path):
     values["train"]["class_weights"] = [1.0, 2.0]  # the fixture has 3 classes
     with pytest.raises(ValueError, match="class_weights has 2 entries, expected one per class"):
         fit(config_from_dict(values), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused by the config, before any run folder is made
     values["train"].update(class_weights=[0.5, 1.0, 1.0], dice_weight=0.5)
     summary = fit(config_from_dict(values), tmp_path / "ok")
     assert math.isfinite(summary["mIoU"]) and json.loads((tmp_path / "ok" / "config.json").read_text())["train"][

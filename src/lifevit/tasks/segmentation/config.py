@@ -217,6 +217,15 @@ class SegmentationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    def __post_init__(self) -> None:
+        # checked here, before any data is read or run folder made (the criterion checks it again for direct use)
+        weights = self.train.class_weights
+        if weights is not None and len(weights) != self.model.num_classes:
+            raise ValueError(
+                f"train.class_weights has {len(weights)} entries, expected one per class "
+                f"(model.num_classes = {self.model.num_classes})"
+            )
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
