@@ -79,11 +79,11 @@ def train(backbone: str, data_root: Path, out: Path, epochs: int, seed: int, thr
     raw = yaml.safe_load((ROOT / "configs" / "segmentation" / "canvas_vit_lite_life.yaml").read_text())
     raw["model"]["backbone"] = backbone
     # the recipe the recorded results used (the canvas config has since moved to 6 px patches, lr 2e-3, two
-    # processes of batch 4, flip inference, no random scale and gradient clipping)
+    # processes of batch 4, flip and multi-scale inference, no random scale, 72 px crops and gradient clipping)
     raw["model"]["backbone_kwargs"] = {"patch_size": 8}
-    raw["data"]["scale_range"] = [0.75, 1.25]
+    raw["data"].update(scale_range=[0.75, 1.25], crop_size=[96, 96])
     raw["train"].update(lr=0.001, batch_size=8, clip_grad=None)
-    raw["inference"]["flip"] = False
+    raw["inference"].update(flip=False, scales=[1.0])
     raw["data"]["root"] = str(data_root / "cityscapes")
     raw["data"]["label_table"] = str(data_root / "cityscapes" / "canvas_classes.json")
     raw["train"].update(epochs=epochs, eval_every=epochs, seed=seed, threads=threads)

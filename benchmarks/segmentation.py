@@ -9,7 +9,8 @@ Two parts, each written as JSON and printed as Markdown tables (copied into ``do
 2. ``canvas``: trains the canvas config (``configs/segmentation/canvas_vit_lite_life.yaml``) and the same config
    with the plain backbone (``vit_lite_patch4_28``) on the Fashion-MNIST canvas set, one after the other, each as
    ``lifevit segment train`` under ``torchrun`` (``--nproc`` processes of ``--threads`` threads, as the config
-   is made for), and records mIoU (and its curve), per-class IoU, params, GMACs at 96 x 96, wall time, CPU time
+   is made for), and records mIoU (and its curve), per-class IoU, params, GMACs at 96 x 96 (the model's input
+   size; one forward pass, not counting the test-time augmentation), wall time, CPU time
    of the process tree and peak memory (resident set of the largest process). The canvas set is generated first
    when ``--data`` has none.
 
@@ -106,7 +107,7 @@ def canvas_runs(
         values["model"]["backbone"] = backbone
         cfg = config_from_dict(values)
         model = build_segmenter(cfg.model)
-        params, gmacs = count_params(model), count_macs(model, (3, *cfg.data.crop_size)) / 1e9
+        params, gmacs = count_params(model), count_macs(model, (3, *cfg.model.img_size)) / 1e9
         del model
         run_dir = output / backbone
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
@@ -120,6 +121,7 @@ def canvas_runs(
         logger.info("%s", " ".join(cmd))
         measured = _run_measured(cmd, dict(os.environ, OMP_NUM_THREADS=str(threads)))
         summary = json.loads((run_dir / "summary.json").read_text())
+        used = config_from_dict(json.loads((run_dir / "config.json").read_text()))  # with the --set overrides
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rows.append(
             dict(
@@ -128,6 +130,9 @@ def canvas_runs(
                 epochs=summary["epochs"],
                 processes=nproc,
                 threads=threads,
+                train_crop=list(used.data.crop_size),
+                test_scales=list(used.inference.scales),
+                test_flip=used.inference.flip,
                 mIoU=round(summary["mIoU"], 4),
                 best_mIoU=round(summary["best_mIoU"], 4),
                 pixel_acc=round(summary["pixel_acc"], 4),

@@ -138,6 +138,14 @@ def test_fit_resume_eval_predict(canvas_like_root, tmp_path, capsys):
     flipped = evaluate(model, val, torch.device("cpu"), dataclasses.replace(loaded_cfg.inference, flip=True))
     assert main(["segment", "eval", "--checkpoint", str(run), "--flip", "--output", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["per_class_iou"] == pytest.approx(flipped["per_class_iou"], nan_ok=True)
+    # --scales: the same numbers as evaluate() with multi-scale inference
+    ms_cfg = dataclasses.replace(loaded_cfg.inference, scales=(0.5, 1.0, 1.5))
+    multi = evaluate(model, val, torch.device("cpu"), ms_cfg)
+    assert (
+        main(["segment", "eval", "--checkpoint", str(run), "--scales", "0.5", "1", "1.5", "--output", str(out_json)])
+        == 0
+    )
+    assert json.loads(out_json.read_text())["per_class_iou"] == pytest.approx(multi["per_class_iou"], nan_ok=True)
 
     # predict writes a colourised mask, an overlay and the raw ids, all at the image size
     image = next((canvas_like_root / "leftImg8bit" / "val").rglob("*.png"))
@@ -215,6 +223,10 @@ def test_data_config_validation():
         config_from_dict({"train": {"epochs": "ten"}})
     cfg = config_from_dict({"train": {"lr": "2e-3"}, "inference": {"window": [64, 96]}})  # YAML / JSON forms
     assert cfg.train.lr == 2e-3 and cfg.inference.window == (64, 96)
+    assert config_from_dict({"inference": {"scales": [0.75, 1, 1.25]}}).inference.scales == (0.75, 1.0, 1.25)
+    for bad in ([], [0], [1, -2], ["big"]):
+        with pytest.raises(ValueError, match="inference.scales must be a list of numbers > 0"):
+            config_from_dict({"inference": {"scales": bad}})
     assert ModelConfig(img_size=96).img_size == (96, 96)
     with pytest.raises(ValueError, match="train.dice_weight must be >= 0"):
         config_from_dict({"train": {"dice_weight": -0.5}})

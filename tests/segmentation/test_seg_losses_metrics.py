@@ -183,3 +183,43 @@ def test_flip_averages_the_flipped_prediction(mode, mean_col):
     # a flip-equivariant model gives the same logits with and without the flip
     model = PerPixel()
     assert torch.allclose(infer_logits(model, x, mode, flip=True, **kw), infer_logits(model, x, mode, **kw), atol=1e-6)
+
+
+class InputWidth(nn.Module):
+    """The logit of class 1 is the width of the input it was given (class 0: the first image channel)."""
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        return {"logits": torch.cat([x[:, :1], torch.full((B, 1, H, W), float(W))], dim=1)}  # (B, 2, H, W)
+
+
+@pytest.mark.parametrize(
+    "mode, kw, widths",
+    [
+        # whole image: the model sees the resized image, 32 * s wide
+        ("whole", {}, (16.0, 32.0, 48.0)),
+        # slide, 16-wide windows: the same window size at every scale, clamped to the image at scale 0.25 (8 wide)
+        ("slide", dict(window=(16, 16), stride=(8, 8)), (8.0, 16.0, 16.0)),
+    ],
+)
+@pytest.mark.parametrize("flip", [False, True])
+def test_multi_scale_averages_the_prediction_at_every_scale(mode, kw, widths, flip):
+    x = torch.randn(2, 3, 24, 32)
+    scales = (0.5, 1.0, 1.5) if mode == "whole" else (0.25, 1.0, 2.0)
+    logits = infer_logits(InputWidth(), x, mode, flip=flip, scales=scales, **kw)
+    assert logits.shape == (2, 2, 24, 32)  # back at the input size
+    assert torch.allclose(logits[:, 1], torch.full_like(logits[:, 1], sum(widths) / 3))
+    # one scale of 1.0 is the single-scale prediction
+    single = infer_logits(InputWidth(), x, mode, flip=flip, **kw)
+    assert torch.equal(infer_logits(InputWidth(), x, mode, flip=flip, scales=[1.0], **kw), single)
+    # a per-pixel model on a constant image predicts the same at every scale: the average is unchanged
+    const = torch.ones(1, 3, 24, 32) * torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1)
+    model = PerPixel()
+    ms = infer_logits(model, const, mode, flip=flip, scales=scales, **kw)
+    assert torch.allclose(ms, infer_logits(model, const, mode, flip=flip, **kw), atol=1e-5)
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (1.0, -0.5)])
+def test_multi_scale_refuses_bad_scales(scales):
+    with pytest.raises(ValueError, match="inference scales must be one or more factors > 0"):
+        infer_logits(PerPixel(), torch.randn(1, 3, 8, 8), scales=scales)

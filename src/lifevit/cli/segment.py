@@ -78,6 +78,13 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="average in the prediction of the horizontally flipped image (inference.flip)",
     )
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="multi-scale test: average the predictions at these resize factors, e.g. 0.75 1 1.25 (inference.scales)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -119,6 +126,7 @@ def _inference_overrides(values: Dict[str, Any], args: argparse.Namespace) -> No
     _put(values, "inference", "window", args.window)
     _put(values, "inference", "stride", args.stride)
     _put(values, "inference", "flip", args.flip)
+    _put(values, "inference", "scales", args.scales)
 
 
 def run_train(args: argparse.Namespace) -> int:

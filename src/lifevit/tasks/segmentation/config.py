@@ -193,6 +193,8 @@ class InferenceConfig:
         batch_size: Images per evaluation batch (``whole``) / windows per forward (``slide``).
         flip: Also predict the horizontally flipped image and average the logits (test-time augmentation, twice
             the inference compute).
+        scales: Resize factors the image is predicted at (logits resized back and averaged; multi-scale testing,
+            e.g. ``[0.75, 1.0, 1.25]``); ``[1.0]`` predicts at the given size only.
     """
 
     mode: str = "slide"
@@ -200,10 +202,17 @@ class InferenceConfig:
     stride: Tuple[int, int] = (341, 341)
     batch_size: int = 1
     flip: bool = False
+    scales: Tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"inference.mode must be 'whole' or 'slide', got {self.mode!r}")
+        try:
+            self.scales = tuple(float(s) for s in _as_tuple(self.scales))
+        except (TypeError, ValueError):
+            raise ValueError(f"inference.scales must be a list of numbers > 0, got {self.scales!r}") from None
+        if not self.scales or any(not s > 0 for s in self.scales):
+            raise ValueError(f"inference.scales must be a list of numbers > 0, got {list(self.scales)}")
         self.window = _pair(self.window, "inference.window")
         self.stride = _pair(self.stride, "inference.stride")
 

@@ -180,7 +180,8 @@ def evaluate(
     """mIoU, per-class IoU, pixel accuracy (and the loss, with a criterion) of ``model`` on ``dataset``.
 
     Images are predicted at full size, ``whole`` or by sliding windows (``inference``, default whole), with the
-    horizontally flipped image averaged in when ``inference.flip``; they are batched ``inference.batch_size`` at a
+    horizontally flipped image averaged in when ``inference.flip`` and those of the image resized by each of
+    ``inference.scales`` (multi-scale testing) when there are several; they are batched ``inference.batch_size`` at a
     time, so a batch must hold images of one size. Under DDP (a process group exists) every process predicts its
     shard and the confusion matrices and losses are summed, so every process returns the whole set's numbers.
 
@@ -207,6 +208,7 @@ def evaluate(
             inference.stride,
             batch_size=max(inference.batch_size, 1),
             flip=inference.flip,
+            scales=inference.scales,
         )  # (B, K, H, W)
         if criterion is not None:
             loss_sum += float(criterion({"logits": logits}, targets)["loss"])
@@ -500,6 +502,7 @@ def predict_files(
             inference.stride,
             batch_size=max(inference.batch_size, 1),
             flip=inference.flip,
+            scales=inference.scales,
         )
         pred = logits[0].argmax(0).cpu().numpy().astype(np.uint8)  # (H, W)
         mask = colorize(pred, colors)

@@ -3,7 +3,8 @@
 Sliding-window inference (for full 1024 x 2048 Cityscapes frames) runs the model on overlapping windows of a
 fixed size and averages the logits of every pixel over the windows that cover it. Windows larger than the image
 are clamped to it, so an image no larger than the window is predicted in one pass, exactly like whole-image
-inference. Either can average in the prediction of the horizontally flipped image (``flip``).
+inference. Either can average in the prediction of the horizontally flipped image (``flip``) and of the image
+resized by other factors (``scales``: the multi-scale test of mmsegmentation / Segmenter).
 """
 
 from __future__ import annotations
@@ -76,24 +77,44 @@ def infer_logits(
     stride: Tuple[int, int] = (341, 341),
     batch_size: int = 4,
     flip: bool = False,
+    scales: Sequence[float] = (1.0,),
 ) -> torch.Tensor:
     """(B, K, H, W) logits of ``images`` (B, C, H, W) by ``whole``-image or ``slide``-window inference.
 
     With ``flip``, the logits of the horizontally flipped images (flipped back) are averaged in: the flip test-time
-    augmentation of mmsegmentation / Segmenter, twice the compute.
+    augmentation of mmsegmentation / Segmenter, twice the compute. With several ``scales``, the images are also
+    resized (bilinear) by each factor, predicted the same way (whole, or by windows of the same size), and the
+    logits, resized back to (H, W), are averaged: multi-scale testing, about ``sum(s**2 for s in scales)`` times
+    the compute of one scale.
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"inference scales must be one or more factors > 0, got {scales}")
+    _, _, H, W = images.shape
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if mode == "whole":
             return model(x)["logits"].float()
         return sliding_window_logits(model, x, window, stride, batch_size)
 
-    logits = predict(images)  # (B, K, H, W)
-    if flip:
-        logits = 0.5 * (logits + predict(images.flip(-1)).flip(-1))
-    return logits
+    def predict_flip(x: torch.Tensor) -> torch.Tensor:
+        logits = predict(x)  # (B, K, h, w)
+        if flip:
+            logits = 0.5 * (logits + predict(x.flip(-1)).flip(-1))
+        return logits
+
+    total = None
+    for s in scales:
+        if s == 1.0:
+            logits = predict_flip(images)  # (B, K, H, W)
+        else:
+            size = (max(round(H * s), 1), max(round(W * s), 1))
+            resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)  # (B, C, H*s, W*s)
+            logits = F.interpolate(predict_flip(resized), size=(H, W), mode="bilinear", align_corners=False)
+        total = logits if total is None else total + logits
+    return total / len(scales)  # (B, K, H, W)
 
 
 class SegmentationPostProcess(nn.Module):
