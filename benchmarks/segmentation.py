@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -31,8 +30,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
-
-import yaml
 
 from lifevit.profile import count_macs, count_params
 from lifevit.runtime import keep_freed_memory
@@ -100,15 +97,8 @@ def canvas_runs(
 
         logger.info("generating the canvas set in %s", data)
         make_canvas_dataset(data, num_train=2000, num_val=500, seed=0)
-    base = yaml.safe_load(CANVAS_CONFIG.read_text())
     rows = []
     for backbone in backbones:
-        values = copy.deepcopy(base)
-        values["model"]["backbone"] = backbone
-        cfg = config_from_dict(values)
-        model = build_segmenter(cfg.model)
-        params, gmacs = count_params(model), count_macs(model, (3, *cfg.model.img_size)) / 1e9
-        del model
         run_dir = output / backbone
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
         cmd += ["-m", "lifevit", "segment", "train", "--config", str(CANVAS_CONFIG), "--output", str(run_dir)]
@@ -122,6 +112,9 @@ def canvas_runs(
         measured = _run_measured(cmd, dict(os.environ, OMP_NUM_THREADS=str(threads)))
         summary = json.loads((run_dir / "summary.json").read_text())
         used = config_from_dict(json.loads((run_dir / "config.json").read_text()))  # with the --set overrides
+        model = build_segmenter(used.model)
+        params, gmacs = count_params(model), count_macs(model, (3, *used.model.img_size)) / 1e9
+        del model
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rows.append(
             dict(

@@ -107,10 +107,10 @@ def infer_logits(
 
     total = None
     for s in scales:
-        if s == 1.0:
+        size = (max(round(H * s), 1), max(round(W * s), 1))
+        if size == (H, W):
             logits = predict_flip(images)  # (B, K, H, W)
         else:
-            size = (max(round(H * s), 1), max(round(W * s), 1))
             resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)  # (B, C, H*s, W*s)
             logits = F.interpolate(predict_flip(resized), size=(H, W), mode="bilinear", align_corners=False)
         total = logits if total is None else total + logits
