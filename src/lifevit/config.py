@@ -1,134 +1,132 @@
-"""Typed configuration of a classification run, merged once from a YAML file and command-line overrides.
+"""Typed configuration, the one way every lifevit run is configured.
 
-A YAML file mirrors :class:`TrainConfig`: top-level scalars (``epochs``, ``seed``, ...) and one mapping per
-group (``model``, ``data``, ``aug``, ``optim``, ``distill``). An unknown key anywhere is a ``ValueError``
-naming the valid keys. Overrides are dotted ``key=value`` strings (``optim.lr=1e-3``) parsed as YAML values.
+Every task's run config is a dataclass with the same top-level sections: ``model``, ``data`` and ``train``
+(:class:`TrainConfig`, the engine's settings, identical for every task), plus the task's own sections
+(classification: ``aug``, ``distill``; detection: ``loss``, ``inference``; segmentation: ``loss``,
+``inference``). A YAML file mirrors the dataclass; an unknown key anywhere is a ``ValueError`` naming the valid
+keys, and a value of the wrong type (``epochs: 2.5``, ``device: 0``) is a ``ValueError`` naming the key.
 
-Example ``configs/fashion_mnist/vit_lite_life.yaml``::
+The command line builds a config once, with one precedence for every task (later wins)::
 
-    model: {name: vit_lite_patch4_28_life}
-    data: {dataset: fashion_mnist, train_samples: 5000}
-    epochs: 20
+    the task's defaults  <  the resumed run's config.yaml  <  --config FILE  <  named flags (--epochs ...)  <  --set
+
+``--set a.b.c=VALUE`` reaches any key at any depth; VALUE is read as YAML (``--set train.lr=1e-3``,
+``--set model.kwargs={depth: 4}``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 __all__ = [
-    "AugConfig",
-    "DataConfig",
-    "DistillConfig",
-    "ModelConfig",
-    "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "build_config",
     "check_model_kwargs",
-    "config_from_dict",
     "config_to_dict",
     "dataclass_from_dict",
-    "load_config",
+    "load_yaml",
+    "merge",
 ]
 
+T = TypeVar("T")
 
-@dataclass
-class ModelConfig:
-    """The network. ``num_classes`` / ``img_size`` / ``in_chans`` default to the data set's."""
-
-    name: str = "vit_lite_patch4_28_life"
-    num_classes: Optional[int] = None
-    img_size: Optional[int] = None
-    in_chans: Optional[int] = None
-    drop_path: float = 0.1
-    drop: float = 0.0
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed on to timm.create_model
-
-
-@dataclass
-class DataConfig:
-    """The data set and how it is batched."""
-
-    dataset: str = "fashion_mnist"
-    root: Optional[str] = None
-    train_samples: Optional[int] = None  # class-balanced subset of the training split
-    subset_seed: int = 0
-    batch_size: int = 128  # per process
-    eval_batch_size: int = 500
-    workers: int = 0  # DataLoader workers for the on-disk data sets
-    loader: str = "auto"  # auto | tensor (in-memory, batch augmentation) | timm (PIL transforms)
-
-
-@dataclass
-class AugConfig:
-    """Augmentation and regularisation (timm components). DeiT's recipe: see ``configs/``."""
-
-    crop_padding: int = 2  # tensor loader: pad-and-random-crop
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # timm loader: RandomResizedCrop scale
-    hflip: float = 0.5
-    randaugment: Optional[str] = None  # timm auto_augment string, e.g. rand-m9-mstd0.5-inc1 (timm loader)
-    color_jitter: Optional[float] = None
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
-    reprob: float = 0.0  # random erasing probability
-    remode: str = "pixel"
-    repeated_aug: bool = False  # only used with several processes
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer (``timm.optim.create_optimizer_v2``) and schedule (``timm.scheduler.create_scheduler_v2``)."""
-
-    opt: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    sched: str = "cosine"
-    warmup_epochs: float = 2  # may be fractional: warm-up is counted in optimizer steps
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    clip_grad: Optional[float] = 1.0
-    clip_mode: str = "norm"
-
-
-@dataclass
-class DistillConfig:
-    """Knowledge distillation through the distillation token (``deit_*_distilled_*`` models)."""
-
-    teacher: Optional[str] = None  # a lifevit checkpoint (file or run folder) or a timm model name
-    type: str = "none"  # none | soft | hard
-    alpha: float = 0.5
-    tau: float = 1.0
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass
 class TrainConfig:
-    """A whole classification run."""
+    """The ``train`` section: everything the engine (:func:`lifevit.engine.fit`) owns, the same for every task.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    Attributes:
+        epochs: Passes over the training set.
+        batch_size: Images per step *per process* (the global batch is ``batch_size * processes``).
+        seed: Seed of weights, data order and augmentation (fixed seeds repeat exactly on the same machine and
+            software; other CPUs and libraries give slightly different numbers).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: torch CPU threads per process (``None``: torch's default).
+        amp: bf16 autocast on CUDA (never on CPU).
+        opt: Optimizer name for ``timm.optim.create_optimizer_v2`` (adamw, sgd, lamb, ...).
+        lr: Peak learning rate.
+        weight_decay: Weight decay (not applied to biases, norms and the embeddings a model lists in
+            ``no_weight_decay()``).
+        momentum: Momentum of SGD-like optimizers.
+        backbone_lr: Peak learning rate of the parameters under ``backbone.`` of a detection / segmentation model
+            (DETR's ``lr_backbone``); ``None``: ``lr``.
+        sched: Schedule name for ``timm.scheduler.create_scheduler_v2``: cosine, poly, step, multistep,
+            plateau, tanh; stepped every optimizer update.
+        warmup_epochs: Linear warm-up length (fractions count in updates).
+        warmup_lr: Learning rate the warm-up starts from.
+        warmup_prefix: The decay starts after the warm-up (``True``) or counts from step 0 (timm's default).
+        min_lr: Learning rate at the end of the decay.
+        decay_rate: ``poly``: the power; ``step`` / ``plateau``: the factor.
+        decay_epochs: ``step``: epochs between decays.
+        clip_grad: Gradient clipping threshold (``None``: off).
+        clip_mode: ``norm``, ``value`` or ``agc`` (``timm.utils.dispatch_clip_grad``).
+        ema: Keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``), evaluated too.
+        ema_decay: Its decay.
+        eval_interval: Evaluate every N epochs (and after the last one).
+        checkpoint_interval: Write ``checkpoints/last`` every N epochs (and after the last one).
+        max_minutes: Time budget: stop after the epoch during which training time passed it (0: none).
+        progress: Progress bar (throughput, ETA) on a terminal.
+        tensorboard: Also log to ``tensorboard/`` when TensorBoard is installed.
+    """
+
     epochs: int = 20
+    batch_size: int = 128
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on GPU (never on CPU)
-    ema: bool = True
+    device: str = "auto"
+    threads: Optional[int] = None
+    amp: bool = True
+    opt: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    backbone_lr: Optional[float] = None
+    sched: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    warmup_prefix: bool = False
+    min_lr: float = 1e-5
+    decay_rate: float = 0.1
+    decay_epochs: float = 30.0
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    ema: bool = False
     ema_decay: float = 0.999
-    eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    eval_interval: int = 1
     checkpoint_interval: int = 1
-    threads: Optional[int] = None  # torch.set_num_threads (default: torch's choice)
+    max_minutes: float = 0.0
     progress: bool = True
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"train.threads must be >= 1 (or null for torch's default), got {self.threads}")
+        if self.eval_interval < 1 or self.checkpoint_interval < 1:
+            raise ValueError(
+                f"train.eval_interval and train.checkpoint_interval must be >= 1, got {self.eval_interval}, "
+                f"{self.checkpoint_interval}"
+            )
+        if self.lr < 0 or self.weight_decay < 0 or self.min_lr < 0 or self.max_minutes < 0:
+            raise ValueError("train.lr, train.weight_decay, train.min_lr and train.max_minutes must be >= 0")
+        if self.clip_mode not in ("norm", "value", "agc"):
+            raise ValueError(f"train.clip_mode must be norm, value or agc, got {self.clip_mode!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def check_model_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
@@ -146,36 +144,20 @@ def check_model_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{key} has no value; in YAML write {{{key}: value}} (with a space after ':')")
 
 
-def _check_choices(cfg: TrainConfig) -> None:
-    check_model_kwargs(cfg.model.kwargs, "model.kwargs")
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
-    if cfg.distill.type not in ("none", "soft", "hard"):
-        raise ValueError(f"distill.type must be none, soft or hard, got {cfg.distill.type!r}")
-    if cfg.distill.type != "none" and not cfg.distill.teacher:
-        raise ValueError(f"distill.type={cfg.distill.type!r} needs distill.teacher (a checkpoint or timm model name)")
-    if cfg.data.loader not in ("auto", "tensor", "timm"):
-        raise ValueError(f"data.loader must be auto, tensor or timm, got {cfg.data.loader!r}")
-    if cfg.data.train_samples is not None and cfg.data.train_samples < 1:
-        raise ValueError(f"data.train_samples must be >= 1, got {cfg.data.train_samples}")
-    if cfg.eval_interval < 1 or cfg.checkpoint_interval < 1:
-        raise ValueError("eval_interval and checkpoint_interval must be >= 1")
-
-
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    """Build the (nested) dataclass ``cls`` from a mapping, the one way every lifevit config is read.
+def dataclass_from_dict(cls: Type[T], data: Optional[Mapping[str, Any]], where: str = "") -> T:
+    """Build the (nested) dataclass ``cls`` from a mapping.
 
-    Missing keys take their defaults; an unknown key is a ``ValueError`` naming the valid ones; nested
-    dataclass fields are built recursively; numbers written as strings become numbers, lists become tuples
-    where a tuple is annotated, and a ``bool`` field accepts only true/false. ``where`` prefixes key names in
-    messages (``"optim."``).
+    Missing keys take their defaults; an unknown key is a ``ValueError`` naming the valid ones; nested dataclass
+    fields are built recursively; values are checked against the annotation (see :func:`_coerce`). ``where``
+    prefixes key names in messages (``"train."``).
     """
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
+        raise ValueError(f"{where.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -185,86 +167,163 @@ def dataclass_from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> 
             f"valid keys{' of ' + where.rstrip('.') if where else ''}: {', '.join(names)}"
         )
     kwargs = {}
+    factories = {f.name: f.default_factory for f in fields(cls) if f.default_factory is not dataclasses.MISSING}
     for name, value in data.items():
         tp = hints[name]
-        kwargs[name] = (
-            dataclass_from_dict(tp, value, f"{where}{name}.")
-            if _is_dataclass_type(tp)
-            else _coerce(tp, value, where + name)
-        )
-    return cls(**kwargs)
+        if _is_dataclass_type(tp):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config key {where + name!r} must be a mapping of keys, got {value!r}")
+            # a partial section keeps the defaults this config gives the section (e.g. a task's train defaults)
+            base = dataclasses.asdict(factories[name]()) if name in factories else {}
+            kwargs[name] = dataclass_from_dict(tp, merge(base, value), f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(tp, value, where + name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a value of a type __post_init__ cannot compare, e.g. a list where a number belongs
+        raise ValueError(f"{where.rstrip('.') or 'config'}: {err}") from None
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Numbers written as strings (YAML reads ``1e-3`` as a string) become the annotated int / float."""
+    """Check ``value`` against the annotation ``tp`` and convert what YAML reads loosely.
+
+    ``1e-3`` (a string to YAML) becomes a float; an int where a float belongs becomes a float; a float with a
+    fractional part where an int belongs (``epochs: 2.5``), a number where a string belongs, or anything but
+    true/false where a bool belongs is a ``ValueError``; lists become tuples where a tuple is annotated.
+    """
     allowed = set(get_args(tp)) if get_origin(tp) is Union else {tp}
-    if allowed == {bool} and not isinstance(value, bool):
-        raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
+    if value is None:
+        if type(None) in allowed or Any in allowed:
+            return None
+        raise ValueError(f"config key {key!r} needs a value, got null")
+    simple = {t for t in allowed if t in (bool, int, float, str)}
     if isinstance(value, list) and any(t is tuple or get_origin(t) is tuple for t in allowed):
-        return tuple(value)  # JSON / YAML lists where a tuple is annotated (e.g. a checkpoint's saved config)
-    if isinstance(value, str) and (float in allowed or int in allowed):
-        try:
-            return int(value) if int in allowed and float not in allowed else float(value)
-        except ValueError:
-            raise ValueError(f"config key {key!r} expects a number, got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
-        return float(value)
-    return value
+        return tuple(value)
+    if not simple or simple != allowed - {type(None)}:
+        return value  # containers, Any, unions of other types: checked where they are used
+    if bool in simple:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(f"config key {key!r} expects a {'/'.join(sorted(t.__name__ for t in simple))}, got {value!r}")
+    if int in simple and float not in simple:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"config key {key!r} expects an integer, got {value!r}") from None
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"config key {key!r} expects an integer, got {value!r}")
+            return int(value)
+        if isinstance(value, int):
+            return value
+        raise ValueError(f"config key {key!r} expects an integer, got {value!r}")
+    if float in simple:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and str not in simple:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"config key {key!r} expects a number, got {value!r}") from None
+    if str in simple:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"config key {key!r} expects a string, got {value!r}")
+    raise ValueError(f"config key {key!r} expects a {'/'.join(sorted(t.__name__ for t in simple))}, got {value!r}")
 
 
-def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a nested dict (defaults for missing keys; ``ValueError`` on unknown ones)."""
-    cfg = dataclass_from_dict(TrainConfig, data or {}, "")
-    _check_choices(cfg)
-    return cfg
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """Nested plain dict (YAML/JSON-serialisable) of a config dataclass; tuples become lists."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
 
 
-def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
-    """Nested plain dict (YAML/JSON-serialisable) of a config."""
-    return dataclasses.asdict(cfg)
-
-
-def _merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive merge of nested dicts; ``update`` wins."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
 
 
-def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
-    """Apply ``group.key=value`` strings (values parsed as YAML) to a nested config dict."""
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (any depth; values parsed as YAML) to a nested config dict."""
     out = dict(data)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override must look like key=value (e.g. optim.lr=1e-3), got {item!r}")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ValueError(f"--set expects KEY=VALUE with a dotted key (e.g. train.lr=1e-3), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         nested: Any = value
-        for part in reversed(key.strip().split(".")):
-            nested = {part: nested}
-        out = _merge(out, nested)
+        for part in reversed(parts):
+            nested = {part.strip(): nested}
+        out = merge(out, nested)
     return out
 
 
-def load_config(
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
+def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """A YAML config file as a dict.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Not valid YAML, or not a mapping at the top level (one line naming the file and the place).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (expected a YAML file such as configs/.../*.yaml)")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text (YAML) file") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"config file {path}: expected a mapping of sections at the top level, got {loaded!r:.60}")
+    return dict(loaded)
+
+
+def build_config(
+    cls: Type[T],
     path: Optional[Union[str, os.PathLike]] = None,
     overrides: Iterable[str] = (),
     base: Optional[Mapping[str, Any]] = None,
-) -> TrainConfig:
-    """Merge defaults, ``base`` (e.g. a run's saved config), a YAML file and overrides, in that order.
+    flags: Optional[Mapping[str, Any]] = None,
+) -> T:
+    """The one merge: ``cls`` defaults < ``base`` (a resumed run's config) < the YAML file < ``flags`` (dotted key
+    -> value, the named command-line flags) < ``overrides`` (``--set`` strings).
 
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: Unknown keys or invalid values.
+    Top-level ``name`` and ``description`` keys in a file are labels for people and are dropped.
     """
     data: Dict[str, Any] = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: expected a YAML mapping at the top level, got {type(loaded).__name__}")
-        data = _merge(data, loaded)
+        data = merge(data, load_yaml(path))
+    for key, value in (flags or {}).items():
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        data = merge(data, nested)
     data = apply_overrides(data, overrides)
-    return config_from_dict(data)
+    data = {k: v for k, v in data.items() if k not in ("name", "description")}
+    return dataclass_from_dict(cls, data)

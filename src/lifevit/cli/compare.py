@@ -5,14 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .train import add_common_train_flags, overrides_from_args
+from ._grammar import COMMON_TRAIN_FLAGS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="train / read several runs and print a markdown comparison table")
     p.add_argument("--models", nargs="+", required=True, help="registered model names")
     p.add_argument("--dataset", nargs="+", required=True, help="one or more data sets (one table column each)")
-    add_common_train_flags(p)
+    p.add_argument("--config", type=Path, help="YAML run config applied to every run")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config value at any depth, read as YAML (repeatable)",
+    )
+    p.add_argument("--train-samples", type=int, help="class-balanced subset of the training split")
+    for dest, (_key, tp, text) in COMMON_TRAIN_FLAGS.items():
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=tp, help=text)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of the run folders (default: runs)")
     p.add_argument(
         "--jobs",
@@ -25,15 +37,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lifevit.config import load_config
+    from lifevit.config import build_config
     from lifevit.engine.compare import comparison_table, train_or_read
+    from lifevit.tasks.classification import ClassificationConfig
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    base = overrides_from_args(args)
-    threads = args.threads
+    flags = {key: getattr(args, d) for d, (key, _, _) in COMMON_TRAIN_FLAGS.items() if getattr(args, d) is not None}
+    if args.train_samples is not None:
+        flags["data.train_samples"] = args.train_samples
+    if args.no_progress:
+        flags["train.progress"] = False
+    threads = flags.pop("train.threads", None)
     configs = [
-        load_config(args.config, [*base, f"model.name={m}", f"data.dataset={d}"])
+        build_config(
+            ClassificationConfig, args.config, args.overrides, flags={**flags, "model.name": m, "data.dataset": d}
+        )
         for d in args.dataset
         for m in args.models
     ]
@@ -41,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     table = comparison_table(summaries, args.dataset)
     n = configs[0].data.train_samples
     caption = (
-        f"{configs[0].epochs} epochs, {'all' if n is None else f'{n} class-balanced'} training images, "
-        f"seed {configs[0].seed}; top-1 of the final weights on the test split (EMA weights in brackets)"
+        f"{configs[0].train.epochs} epochs, {'all' if n is None else f'{n} class-balanced'} training images, "
+        f"seed {configs[0].train.seed}; top-1 of the final weights on the test split (EMA weights in brackets)"
     )
     print(table)
     print(f"\n{caption}")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("profile", help="parameters, MACs and train/inference throughput of a model")
@@ -15,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput measurement")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--iters", type=int, default=10, help="timed steps per throughput measurement")
     p.add_argument("--no-throughput", action="store_true", help="only count parameters and MACs")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -48,6 +46,7 @@ def run_paper_table(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lifevit.engine.trainer import resolve_device
     from lifevit.profile import profile_model
 
     if getattr(args, "paper_table", False):
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         batch_size=args.batch_size,
-        device=args.device,
+        device=str(resolve_device(args.device)),
         throughput=not args.no_throughput,
         iters=args.iters,
     )

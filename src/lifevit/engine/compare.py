@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from ..config import TrainConfig, config_to_dict
+from ..config import config_to_dict
+from ..tasks.classification.config import ClassificationConfig
 from .rundir import load_json
 
 __all__ = ["comparison_table", "run_dir_for", "train_or_read"]
@@ -21,10 +22,10 @@ __all__ = ["comparison_table", "run_dir_for", "train_or_read"]
 _logger = logging.getLogger(__name__)
 
 
-def run_dir_for(runs_dir: Path, cfg: TrainConfig) -> Path:
+def run_dir_for(runs_dir: Path, cfg: ClassificationConfig) -> Path:
     """``runs_dir/<dataset>[-n<samples>]/<model>-s<seed>``: where :func:`train_or_read` keeps a run."""
     n = f"-n{cfg.data.train_samples}" if cfg.data.train_samples else ""
-    return Path(runs_dir) / f"{cfg.data.dataset}{n}" / f"{cfg.model.name}-s{cfg.seed}"
+    return Path(runs_dir) / f"{cfg.data.dataset}{n}" / f"{cfg.model.name}-s{cfg.train.seed}"
 
 
 def _state(run_dir: Path) -> str:
@@ -32,13 +33,11 @@ def _state(run_dir: Path) -> str:
         return "done"
     if (run_dir / "checkpoints" / "last.safetensors").is_file():
         return "resume"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise ValueError(f"{run_dir} holds an unfinished run without a checkpoint; delete it to train again")
-    return "new"
+    return "new"  # a folder the engine left before its first checkpoint is started again by the engine
 
 
-def _command(cfg: TrainConfig, run_dir: Path, state: str, threads: Optional[int]) -> List[str]:
-    cmd = [sys.executable, "-m", "lifevit", "train", "--no-progress"]
+def _command(cfg: ClassificationConfig, run_dir: Path, state: str, threads: Optional[int]) -> List[str]:
+    cmd = [sys.executable, "-m", "lifevit", "classify", "train", "--no-progress"]
     if state == "resume":
         cmd += ["--resume", str(run_dir)]
     else:
@@ -64,7 +63,7 @@ def _echo_progress(log: Path, offset: int, name: str) -> int:
 
 
 def train_or_read(
-    configs: Sequence[TrainConfig], runs_dir: Path, jobs: int = 1, threads: Optional[int] = None
+    configs: Sequence[ClassificationConfig], runs_dir: Path, jobs: int = 1, threads: Optional[int] = None
 ) -> List[Dict[str, Any]]:
     """Summaries of the runs of ``configs``: read when finished, resumed when interrupted, trained otherwise.
 
@@ -77,7 +76,8 @@ def train_or_read(
     Raises:
         RuntimeError: A training process failed (its log file is named).
     """
-    from .classification import train
+    from ..tasks.classification import ClassificationTask
+    from .trainer import fit
 
     run_dirs = [run_dir_for(runs_dir, c) for c in configs]
     if len(set(run_dirs)) != len(run_dirs):
@@ -89,9 +89,11 @@ def train_or_read(
     todo = [i for i, s in enumerate(states) if s != "done"]
     if jobs <= 1:
         for i in todo:
-            cfg = configs[i] if threads is None else replace(configs[i], threads=threads)
+            cfg = (
+                configs[i] if threads is None else replace(configs[i], train=replace(configs[i].train, threads=threads))
+            )
             _logger.info("training %s on %s -> %s", cfg.model.name, cfg.data.dataset, run_dirs[i])
-            train(cfg, run_dirs[i], resume=states[i] == "resume")
+            fit(ClassificationTask(cfg), run_dirs[i], resume=states[i] == "resume")
     else:
         per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
         pending, running, offsets = list(todo), [], {}

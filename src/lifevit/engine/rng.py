@@ -1,23 +1,17 @@
-"""Random state of a training process: seeding, saving and restoring it (per rank under DDP) for exact resumes."""
+"""Random state of a training process: seeding, and every process's state for a checkpoint (exact resumes)."""
 
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
+from .checkpoint import rng_state_parts, set_rng_state_parts
 from .distributed import DistInfo
 
-__all__ = [
-    "gather_rng_states",
-    "restore_rng_from_checkpoint",
-    "rng_checkpoint_entries",
-    "rng_state",
-    "seed_everything",
-    "set_rng_state",
-]
+__all__ = ["gather_rng_states", "restore_rng_state", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -27,29 +21,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, Any]:
-    """This process's Python, NumPy, torch (and CUDA) generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def gather_rng_states(dist_info: DistInfo) -> Dict[str, Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    """Every process's RNG state, keyed by rank, for :func:`~lifevit.engine.checkpoint.save_checkpoint`.
 
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def gather_rng_states(dist_info: DistInfo) -> Dict[str, Any]:
-    """Every process's RNG state, keyed by rank (so each resumes its own augmentation / drop-path stream).
-
-    A collective under DDP: every rank must call it.
+    A collective under DDP: every rank must call it (only rank 0 needs the result).
     """
-    state = rng_state()
+    state = rng_state_parts("")
     if not dist_info.enabled:
         return {"0": state}
     gathered: List[Any] = [None] * dist_info.world_size
@@ -57,20 +34,10 @@ def gather_rng_states(dist_info: DistInfo) -> Dict[str, Any]:
     return {str(r): s for r, s in enumerate(gathered)}
 
 
-def rng_checkpoint_entries(dist_info: DistInfo) -> Dict[str, Any]:
-    """``{"rng": rank 0's state, "rng_per_rank": {rank: state}}`` for a checkpoint's ``extra``.
-
-    A collective under DDP: every rank must call it (only rank 0 needs to write the result).
-    """
-    states = gather_rng_states(dist_info)
-    return {"rng": states["0"], "rng_per_rank": states}
-
-
-def restore_rng_from_checkpoint(extra: Dict[str, Any], rank: int = 0) -> bool:
-    """Restore this rank's RNG state from what :func:`rng_checkpoint_entries` wrote (or an older checkpoint's single
-    ``rng``); ``False`` when the checkpoint has none."""
-    state = extra.get("rng_per_rank", {}).get(str(rank)) or extra.get("rng")
-    if state is None:
+def restore_rng_state(rng: Dict[str, Tuple[Dict[str, torch.Tensor], Dict[str, Any]]], rank: int) -> bool:
+    """Restore this rank's state from a training state's ``rng``; ``False`` when it holds none for this rank."""
+    if str(rank) not in rng:
         return False
-    set_rng_state(state)
+    tensors, js = rng[str(rank)]
+    set_rng_state_parts(tensors, js, "")
     return True

@@ -16,31 +16,72 @@ __all__ = ["prepare_output_dir", "MetricsLogger", "write_json", "read_jsonl"]
 _logger = logging.getLogger(__name__)
 
 
-def prepare_output_dir(path: Union[str, os.PathLike], resume: bool = False) -> Path:
-    """Create the output folder, refusing to reuse a non-empty one unless resuming.
+RUN_FILES = {"config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "curves.png"}
+"""What the engine writes into a run folder before its first checkpoint (and so may write again)."""
+
+
+def _unstarted_run(path: Path) -> bool:
+    """A run folder the engine made that stopped before its first checkpoint: only engine files, no weights."""
+    entries = {p.name for p in path.iterdir()}
+    if "config.yaml" not in entries or not entries <= RUN_FILES:
+        return False
+    ckpts = path / "checkpoints"
+    return not ckpts.is_dir() or not any(ckpts.glob("*.safetensors"))
+
+
+def _clear_unstarted(path: Path) -> None:
+    import shutil
+
+    for name in RUN_FILES:
+        p = path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def prepare_output_dir(path: Union[str, os.PathLike], resume: bool = False, create: bool = True) -> str:
+    """Check (and make) a run folder; returns ``"new"``, ``"resume"`` or ``"restart"``.
+
+    * ``"new"``: the folder did not exist or was empty.
+    * ``"resume"`` (``resume`` only): it holds ``checkpoints/last.safetensors``.
+    * ``"restart"``: it holds a run that stopped before its first checkpoint (only the files the engine writes,
+      no weights); those files are removed and the run starts again, so a run killed early needs no cleaning
+      by hand. Anything else in the folder is never touched.
 
     Args:
         path: The run folder.
-        resume: The run continues in ``path``, which must then exist.
+        resume: Continue the run in ``path``.
+        create: Make / clean the folder (the main process); other processes only check.
 
     Raises:
-        ValueError: ``path`` exists, is not empty and ``resume`` is false (or is a file).
-        FileNotFoundError: ``resume`` is true and ``path`` does not exist.
+        ValueError: ``path`` is a file, or holds other files and ``resume`` is false, or is not a run folder.
+        FileNotFoundError: ``resume`` and ``path`` does not exist.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output path {path} is a file; expected a folder (new or empty, or a run to resume)")
-    if resume:
-        if not path.is_dir():
-            raise FileNotFoundError(f"cannot resume: run folder {path} does not exist")
-        return path
+    if resume and not path.is_dir():
+        raise FileNotFoundError(f"cannot resume: run folder {path} does not exist")
     if path.is_dir() and any(path.iterdir()):
+        if resume and (path / "checkpoints" / "last.safetensors").is_file():
+            return "resume"
+        if _unstarted_run(path):
+            _logger.info("%s holds a run that stopped before its first checkpoint; starting it again", path)
+            if create:
+                _clear_unstarted(path)
+            return "restart"
+        if resume:
+            raise ValueError(
+                f"cannot resume {path}: it holds no checkpoints/last.safetensors (is it a lifevit run folder?)"
+            )
         raise ValueError(
-            f"output folder {path} already exists and is not empty; choose another --output, delete it, "
-            f"or continue it with --resume {path}"
+            f"output folder {path} already exists and is not empty; choose another --output, or continue it "
+            f"with --resume {path}"
         )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return "new"
 
 
 def _json_default(obj: Any) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List, Tuple, Union
 
 import numpy as np
@@ -39,11 +38,9 @@ class ExplainableModel:
 
 
 def _open(path: Union[str, os.PathLike], mode: str) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    with Image.open(path) as im:
-        return im.convert(mode)
+    from lifevit.data.images import read_image
+
+    return read_image(path, mode)
 
 
 def _normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
@@ -61,28 +58,22 @@ def load_explainable(checkpoint: Union[str, os.PathLike], device: Union[str, tor
         FileNotFoundError: No checkpoint at ``checkpoint``.
         ValueError: The checkpoint's task is not one of classification, segmentation, detection.
     """
-    from lifevit.engine.checkpoint import create_model_from_checkpoint, load_checkpoint
+    from lifevit.engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.meta.get("task")
     if task == "classification":
-        model = create_model_from_checkpoint(ckpt).to(device).eval()
-        img_size, in_chans = int(ckpt.meta["img_size"]), int(ckpt.meta["in_chans"])
-        mean, std = ckpt.meta["mean"], ckpt.meta["std"]
+        from lifevit.tasks.classification.task import load_model, preprocess
+
+        model, _ = load_model(checkpoint, device)
         num_classes = int(ckpt.meta["model_kwargs"].get("num_classes", 0)) or None
         names = list(ckpt.meta.get("classes") or [str(i) for i in range(num_classes or 0)])
-
-        def preprocess(path):
-            img = _open(path, "L" if in_chans == 1 else "RGB").resize((img_size, img_size), Image.BICUBIC)
-            pixels = np.asarray(img)
-            return _normalise(pixels, mean, std), pixels
-
-        return ExplainableModel(model, task, names, preprocess, ckpt.meta["model"])
+        return ExplainableModel(model, task, names, preprocess(ckpt.meta), ckpt.meta["model"])
 
     if task == "segmentation":
-        from lifevit.tasks.segmentation.engine import load_segmenter
+        from lifevit.tasks.segmentation.task import load_model
 
-        model, cfg, _ = load_segmenter(checkpoint, device)
+        model, cfg, _ = load_model(checkpoint, device)
 
         def preprocess(path):
             pixels = np.asarray(_open(path, "RGB"))
@@ -91,10 +82,10 @@ def load_explainable(checkpoint: Union[str, os.PathLike], device: Union[str, tor
         return ExplainableModel(model, task, list(ckpt.meta["class_names"]), preprocess, ckpt.meta["model"])
 
     if task == "detection":
-        from lifevit.tasks.detection.engine import load_detector
+        from lifevit.tasks.detection.task import load_model
         from lifevit.tasks.detection.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-        model, cfg, classes = load_detector(checkpoint, str(device))
+        model, cfg, classes = load_model(checkpoint, device)
         divisor = model.size_divisibility
 
         def preprocess(path):

@@ -1,7 +1,7 @@
 """Object detection: backbone adapter, EncDec heads, matcher, criterion, post-processing, metrics, engine."""
 
 from .backbone import DetectionBackbone, build_backbone
-from .config import DataConfig, DetectConfig, LossConfig, ModelConfig, TrainConfig, config_from_dict
+from .config import DataConfig, DetectConfig, InferenceConfig, LossConfig, ModelConfig, config_from_dict
 from .criterion import SetCriterion
 from .head import HEADS, EncDecHead, build_head
 from .matcher import HungarianMatcher
@@ -22,7 +22,7 @@ __all__ = [
     "ModelConfig",
     "PostProcess",
     "SetCriterion",
-    "TrainConfig",
+    "InferenceConfig",
     "build_backbone",
     "build_criterion",
     "build_detector",

@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from lifevit.config import check_model_kwargs, dataclass_from_dict
+from lifevit.config import TrainConfig, check_model_kwargs, dataclass_from_dict
 
-__all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "DetectConfig", "config_from_dict"]
+__all__ = ["DataConfig", "DetectConfig", "InferenceConfig", "LossConfig", "ModelConfig", "config_from_dict"]
 
 
 @dataclass
@@ -27,7 +27,7 @@ class DataConfig:
         img_size: Longest image side after resizing.
         augment: ``canvas`` (flip + scale/translate jitter), ``voc`` (photometric, zoom-out, IoU crop, flip,
             multi-scale) or ``none``.
-        num_workers: Data-loader workers.
+        workers: Data-loader workers.
     """
 
     format: str = "voc"
@@ -43,7 +43,7 @@ class DataConfig:
     val_ann: Optional[str] = None
     img_size: int = 96
     augment: str = "canvas"
-    num_workers: int = 0
+    workers: int = 0
 
 
 @dataclass
@@ -102,41 +102,31 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation and run bookkeeping.
+class InferenceConfig:
+    """How a detector's output is read.
 
     Attributes:
-        epochs: Training epochs.
-        batch_size: Images per step.
-        lr: AdamW learning rate of the head.
-        backbone_lr: Learning rate of the backbone (DETR uses 10x lower for a pretrained one).
-        weight_decay: AdamW weight decay.
-        warmup_epochs: Linear warm-up, then cosine decay to ``min_lr``.
-        min_lr: Final learning rate factor (fraction of the peak).
-        clip_grad: Max gradient norm (0 = off).
-        eval_every: Evaluate every this many epochs (and always after the last).
-        score_threshold: Score from which a detection counts for F1 and is drawn by ``predict`` (0.3, see
-            ``metrics``).
-        seed: Random seed.
-        device: ``cpu`` or ``cuda``.
-        threads: CPU threads for torch (0 = torch's default).
-        max_minutes: Stop (after the current epoch's evaluation) once training has taken this long (0 = off).
+        score_threshold: Score from which a detection counts for F1 and is drawn by ``predict`` (see ``metrics``).
+        batch_size: Images per evaluation batch.
     """
 
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 4e-4
-    backbone_lr: float = 4e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    min_lr: float = 0.05
-    clip_grad: float = 1.0
-    eval_every: int = 1
     score_threshold: float = 0.3
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
-    max_minutes: float = 0.0
+    batch_size: int = 16
+
+
+def _train_defaults() -> TrainConfig:
+    # DETR-style: AdamW, linear warm-up then cosine decay to 5 % of the peak
+    return TrainConfig(
+        epochs=30,
+        batch_size=16,
+        lr=4e-4,
+        weight_decay=1e-4,
+        warmup_epochs=1.0,
+        warmup_lr=4e-7,
+        warmup_prefix=True,
+        min_lr=2e-5,
+        clip_grad=1.0,
+    )
 
 
 @dataclass
@@ -146,7 +136,8 @@ class DetectConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=_train_defaults)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -104,7 +104,14 @@ class SetCriterion(nn.Module):
             outputs: Head outputs (``pred_logits``, ``pred_boxes``, optional ``aux_outputs``, ``enc_outputs``).
             targets: Per image ``labels`` (M_b,) and normalised cxcywh ``boxes`` (M_b, 4).
         """
-        num_boxes = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        # boxes in the global batch, per process (as DETR): N processes average to the loss of one process that
+        # sees the whole global batch
+        num_boxes = float(sum(len(t["labels"]) for t in targets))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = torch.tensor([num_boxes], dtype=torch.float64)
+            torch.distributed.all_reduce(total)
+            num_boxes = total.item() / torch.distributed.get_world_size()
+        num_boxes = max(num_boxes, 1.0)
         groups = [("", outputs)]
         if self.aux_loss:
             groups += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]

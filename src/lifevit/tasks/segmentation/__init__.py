@@ -8,7 +8,7 @@ sliding-window inference, :class:`SegmentationMetrics` (mIoU), and the engine (:
 """
 
 from .backbone import SegmentationBackbone, create_backbone
-from .config import DataConfig, InferenceConfig, ModelConfig, SegmentationConfig, TrainConfig, config_from_dict
+from .config import DataConfig, InferenceConfig, LossConfig, ModelConfig, SegmentationConfig, config_from_dict
 from .criterion import SegmentationCriterion
 from .heads import FeatureFusion, LinearDecoder, MaskTransformerDecoder
 from .metrics import SegmentationMetrics, iou_from_confusion
@@ -28,7 +28,7 @@ __all__ = [
     "SegmentationMetrics",
     "SegmentationPostProcess",
     "Segmenter",
-    "TrainConfig",
+    "LossConfig",
     "build_segmenter",
     "config_from_dict",
     "create_backbone",

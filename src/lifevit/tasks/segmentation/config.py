@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from lifevit.config import check_model_kwargs, dataclass_from_dict
+from lifevit.config import TrainConfig, check_model_kwargs, dataclass_from_dict
 
 __all__ = [
     "DECODERS",
@@ -18,7 +18,7 @@ __all__ = [
     "InferenceConfig",
     "ModelConfig",
     "SegmentationConfig",
-    "TrainConfig",
+    "LossConfig",
     "config_from_dict",
 ]
 
@@ -98,7 +98,7 @@ class DataConfig:
         hflip: Probability of a horizontal flip.
         mean: Normalisation mean (0..1 scale).
         std: Normalisation std (0..1 scale).
-        num_workers: Data-loader workers.
+        workers: Data-loader workers.
     """
 
     root: str = "data/cityscapes"
@@ -111,7 +111,7 @@ class DataConfig:
     hflip: float = 0.5
     mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
     std: Tuple[float, ...] = (0.229, 0.224, 0.225)
-    num_workers: int = 2
+    workers: int = 2
 
     def __post_init__(self) -> None:
         self.base_size = _pair(self.base_size, "data.base_size")
@@ -126,60 +126,31 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation.
+class LossConfig:
+    """The criterion.
 
     Attributes:
-        epochs: Passes over the training split.
-        batch_size: Images per step.
-        optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
-        lr: Peak learning rate.
-        weight_decay: Weight decay.
-        scheduler: ``poly`` (power 0.9, Segmenter / mmseg) or ``cosine``, stepped per iteration.
-        warmup_iters: Linear warm-up iterations.
-        min_lr: Learning rate at the end of the schedule.
-        clip_grad: Gradient-norm clipping (``None`` = off).
         dice_weight: Weight of a soft Dice term added to the cross-entropy (0 = cross-entropy only).
         class_weights: Cross-entropy weight of each class, one per class (``None`` = all 1).
-        eval_every: Evaluate every this many epochs (and after the last).
-        seed: Random seed.
-        device: ``cpu`` or ``cuda``; ``None`` = cuda when available.
-        amp: bfloat16 autocast on CUDA.
-        log_every: Log progress every this many iterations.
-        threads: CPU threads for torch (``None`` = torch's default).
     """
 
-    epochs: int = 100
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.001
-    weight_decay: float = 0.0
-    scheduler: str = "poly"
-    warmup_iters: int = 0
-    min_lr: float = 1e-5
-    clip_grad: Optional[float] = None
     dice_weight: float = 0.0
     class_weights: Optional[Tuple[float, ...]] = None
-    eval_every: int = 1
-    seed: int = 0
-    device: Optional[str] = None
-    amp: bool = False
-    log_every: int = 50
-    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.scheduler not in ("poly", "cosine"):
-            raise ValueError(f"train.scheduler must be 'poly' or 'cosine', got {self.scheduler!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in _as_tuple(self.class_weights))
             if any(w < 0 for w in self.class_weights):
-                raise ValueError(f"train.class_weights must be >= 0, got {self.class_weights}")
+                raise ValueError(f"loss.class_weights must be >= 0, got {self.class_weights}")
         if self.dice_weight < 0:
-            raise ValueError(f"train.dice_weight must be >= 0, got {self.dice_weight}")
+            raise ValueError(f"loss.dice_weight must be >= 0, got {self.dice_weight}")
+
+
+def _train_defaults() -> TrainConfig:
+    # Segmenter / mmseg: SGD, poly schedule (power 0.9), no weight decay
+    return TrainConfig(
+        epochs=100, batch_size=8, opt="sgd", lr=1e-3, weight_decay=0.0, sched="poly", decay_rate=0.9, min_lr=1e-5
+    )
 
 
 @dataclass
@@ -223,15 +194,16 @@ class SegmentationConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=_train_defaults)
 
     def __post_init__(self) -> None:
         # checked here, before any data is read or run folder made (the criterion checks it again for direct use)
-        weights = self.train.class_weights
+        weights = self.loss.class_weights
         if weights is not None and len(weights) != self.model.num_classes:
             raise ValueError(
-                f"train.class_weights has {len(weights)} entries, expected one per class "
+                f"loss.class_weights has {len(weights)} entries, expected one per class "
                 f"(model.num_classes = {self.model.num_classes})"
             )
 
