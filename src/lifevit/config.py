@@ -38,6 +38,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+SCHEDULES = ("cosine", "poly", "step", "multistep", "plateau", "tanh")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -123,6 +124,8 @@ class TrainConfig:
             )
         if self.lr < 0 or self.weight_decay < 0 or self.min_lr < 0 or self.max_minutes < 0:
             raise ValueError("train.lr, train.weight_decay, train.min_lr and train.max_minutes must be >= 0")
+        if self.sched not in SCHEDULES:
+            raise ValueError(f"train.sched must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
         if self.clip_mode not in ("norm", "value", "agc"):
             raise ValueError(f"train.clip_mode must be norm, value or agc, got {self.clip_mode!r}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -5,7 +5,8 @@ import torch
 from timm.layers import Attention
 
 from lifevit.layers import LIFE, LIFEAttention
-from lifevit.tasks.detection import HEADS, LossConfig, ModelConfig, build_backbone, build_criterion, build_detector
+from lifevit.tasks.backbone import create_backbone
+from lifevit.tasks.detection import HEADS, LossConfig, ModelConfig, build_criterion, build_detector
 from lifevit.tasks.detection.head import build_head
 
 TINY = dict(
@@ -88,16 +89,17 @@ def test_padding_mask_ignores_padding():
 
 
 def test_backbones():
-    vit = build_backbone("vit_lite_patch4_28_life", img_size=32, patch_size=8, in_chans=3, depth=1)
-    assert vit(torch.randn(1, 3, 32, 48)).shape == (1, 96, 4, 6) and vit.stride == 8
-    with pytest.raises(ValueError, match="multiples of the backbone stride 8, got 30x48"):
+    # the dense-backbone adapter shared with segmentation: the detector reads its last map
+    vit = create_backbone("vit_lite_patch4_28_life", img_size=32, patch_size=8, in_chans=3, depth=1)
+    assert vit(torch.randn(1, 3, 32, 48))[-1].shape == (1, 96, 4, 6) and vit.stride == 8 and vit.num_channels == 96
+    with pytest.raises(ValueError, match="not a multiple of the backbone stride 8"):
         vit(torch.randn(1, 3, 30, 48))
     with pytest.raises(ValueError, match="unknown backbone 'resnet_does_not_exist'"):
-        build_backbone("resnet_does_not_exist")
-    swin = build_backbone(
+        create_backbone("resnet_does_not_exist", img_size=32)
+    swin = create_backbone(
         "swinv2_tiny_window8_256", img_size=64, depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)
     )
-    assert swin.stride == 32 and swin(torch.randn(1, 3, 64, 96)).shape == (1, 192, 2, 3)
+    assert swin.stride == 32 and swin(torch.randn(1, 3, 64, 96))[-1].shape == (1, 192, 2, 3)
 
 
 def test_paper_configs_parse():

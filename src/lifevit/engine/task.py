@@ -98,6 +98,7 @@ class Task(ABC):
 
     def finish(self, model: nn.Module, out_dir: Optional[Path], last_eval: Dict[str, Any]) -> None:
         """After the last epoch, on the main process: task-specific files (a confusion matrix, ...)."""
+        return None
 
     def describe(self) -> Iterable[str]:
         """One-line facts logged when training starts."""

@@ -225,11 +225,13 @@ def fit(
         TrainingInterrupted: SIGINT / SIGTERM; the last checkpoint is kept.
         ValueError, FileNotFoundError: Bad configuration, data or folders (before anything is overwritten).
     """
-    from timm.optim import create_optimizer_v2
+    from timm.optim import create_optimizer_v2, list_optimizers
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     cfg: TrainConfig = task.cfg.train
+    if cfg.opt.lower() not in list_optimizers():
+        raise ValueError(f"train.opt {cfg.opt!r} is not an optimizer timm knows; e.g. adamw, sgd, lamb, lion")
     device = resolve_device(cfg.device)
     dist = init_distributed(device)
     if device.type == "cuda" and dist.enabled:
@@ -251,7 +253,12 @@ def fit(
         if last_ckpt.meta.get("task") != task.name:
             raise ValueError(f"{last_ckpt.path} is a {last_ckpt.meta.get('task')!r} run, not a {task.name!r} one")
         training = load_training_state(last_ckpt)
-        if training["epoch"] >= cfg.epochs and (out / "summary.json").is_file():
+        extra = training["extra"]
+        stopped_by_budget = extra.get("finished") and (extra.get("epochs_planned"), extra.get("max_minutes")) == (
+            cfg.epochs,
+            cfg.max_minutes,
+        )
+        if (training["epoch"] >= cfg.epochs or stopped_by_budget) and (out / "summary.json").is_file():
             _logger.info("%s already finished %d of %d epochs; nothing to do", out, training["epoch"], cfg.epochs)
             return load_json(out / "summary.json")
 
@@ -406,6 +413,9 @@ def fit(
                             "best_epoch": best_epoch,
                             "train_seconds": train_seconds,
                             "train_cpu_seconds": train_cpu_seconds,
+                            "finished": last_epoch,
+                            "epochs_planned": cfg.epochs,
+                            "max_minutes": cfg.max_minutes,
                         }
                         save_checkpoint(
                             ckpt_dir,

@@ -1,6 +1,5 @@
-"""Object detection: backbone adapter, EncDec heads, matcher, criterion, post-processing, metrics, engine."""
+"""Object detection: EncDec heads, matcher, criterion, post-processing, metrics, engine."""
 
-from .backbone import DetectionBackbone, build_backbone
 from .config import DataConfig, DetectConfig, InferenceConfig, LossConfig, ModelConfig, config_from_dict
 from .criterion import SetCriterion
 from .head import HEADS, EncDecHead, build_head
@@ -13,7 +12,6 @@ __all__ = [
     "HEADS",
     "DataConfig",
     "DetectConfig",
-    "DetectionBackbone",
     "DetectionEvaluator",
     "Detector",
     "EncDecHead",
@@ -23,7 +21,6 @@ __all__ = [
     "PostProcess",
     "SetCriterion",
     "InferenceConfig",
-    "build_backbone",
     "build_criterion",
     "build_detector",
     "build_head",

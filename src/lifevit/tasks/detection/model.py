@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import DetectionBackbone, build_backbone
+from ..backbone import DenseBackbone, create_backbone
 from .config import LossConfig, ModelConfig
 from .criterion import SetCriterion
 from .head import EncDecHead, build_head
@@ -26,7 +26,7 @@ class Detector(nn.Module):
         head: Encoder-decoder head.
     """
 
-    def __init__(self, backbone: DetectionBackbone, head: EncDecHead) -> None:
+    def __init__(self, backbone: DenseBackbone, head: EncDecHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -38,7 +38,7 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Dict[str, Any]:
         """images (B, 3, H, W); mask (B, H, W) True on real pixels (None: no padding). See ``head`` for outputs."""
-        feats = self.backbone(images)  # (B, C, h, w)
+        feats = self.backbone(images)[-1]  # (B, C, h, w): the last block / stage
         feat_mask = None
         if mask is not None and not bool(mask.all()):
             # a cell is valid when its top-left pixel is (padding is bottom/right)
@@ -51,8 +51,8 @@ def build_detector(
 ) -> Detector:
     """A :class:`Detector` from a :class:`ModelConfig` (``pretrained`` overrides ``cfg.pretrained``)."""
     pretrained = cfg.pretrained if pretrained is None else pretrained
-    backbone = build_backbone(
-        cfg.backbone, pretrained=pretrained, img_size=img_size, lifeify=cfg.lifeify, **cfg.backbone_kwargs
+    backbone = create_backbone(
+        cfg.backbone, img_size=img_size or 224, pretrained=pretrained, lifeify=cfg.lifeify, **cfg.backbone_kwargs
     )
     head = build_head(
         cfg.head,

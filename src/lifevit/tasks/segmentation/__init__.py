@@ -1,13 +1,13 @@
 """Semantic segmentation with ViT / DeiT / SwinV2 backbones, with and without LIFE (Segmenter-style decoders).
 
-Pieces, each usable alone: :class:`SegmentationBackbone` (tokens -> feature maps), decode heads
+Pieces, each usable alone: :class:`DenseBackbone` (tokens -> feature maps), decode heads
 (:class:`LinearDecoder`, :class:`MaskTransformerDecoder`), :class:`Segmenter` (the model),
 :class:`SegmentationCriterion` (cross-entropy with an ignore index), :class:`SegmentationPostProcess` and
 sliding-window inference, :class:`SegmentationMetrics` (mIoU), and the engine (:func:`fit`, :func:`evaluate`,
 :func:`predict_files`).
 """
 
-from .backbone import SegmentationBackbone, create_backbone
+from ..backbone import DenseBackbone, create_backbone
 from .config import DataConfig, InferenceConfig, LossConfig, ModelConfig, SegmentationConfig, config_from_dict
 from .criterion import SegmentationCriterion
 from .heads import FeatureFusion, LinearDecoder, MaskTransformerDecoder
@@ -22,7 +22,7 @@ __all__ = [
     "LinearDecoder",
     "MaskTransformerDecoder",
     "ModelConfig",
-    "SegmentationBackbone",
+    "DenseBackbone",
     "SegmentationConfig",
     "SegmentationCriterion",
     "SegmentationMetrics",

@@ -44,7 +44,7 @@ class ModelConfig:
             with ``pretrained`` / ``pretrained_file`` plus ``lifeify`` is the paper's ImageNet-initialised LIFE row.
         init_checkpoint: Start the backbone from a ``lifevit train`` classification checkpoint of the same
             architecture (patch size, grid and input channels may differ; see
-            :func:`~lifevit.tasks.segmentation.backbone.load_classifier_weights`).
+            :func:`~lifevit.tasks.backbone.load_classifier_weights`).
         drop_path_rate: Stochastic depth of the backbone.
         decoder_layers: Transformer blocks of the mask-transformer decoder.
         decoder_dim: Width of the mask-transformer decoder (default: the backbone width).

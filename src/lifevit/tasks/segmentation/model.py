@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import SegmentationBackbone, create_backbone
+from ..backbone import DenseBackbone, create_backbone
 from .config import ModelConfig
 from .heads import FeatureFusion, LinearDecoder, MaskTransformerDecoder
 
@@ -27,7 +27,7 @@ class Segmenter(nn.Module):
         fusion: Fuses several maps into one (``None`` when the backbone returns one map).
     """
 
-    def __init__(self, backbone: SegmentationBackbone, decoder: nn.Module, fusion: Optional[nn.Module] = None) -> None:
+    def __init__(self, backbone: DenseBackbone, decoder: nn.Module, fusion: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.fusion = fusion

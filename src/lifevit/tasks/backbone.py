@@ -1,4 +1,5 @@
-"""Backbone adapter: a timm ViT / DeiT or SwinV2 (with or without LIFE) as a source of dense feature maps.
+"""The one dense-backbone adapter of detection and segmentation: a timm ViT / DeiT or SwinV2 (with or without LIFE)
+as a source of feature maps.
 
 ViT-style models (``blocks`` + ``num_prefix_tokens``) give one map per selected block: the patch tokens of that
 block, final norm applied, prefix tokens (class / distillation / register) removed and reshaped to the patch grid
@@ -22,10 +23,10 @@ import lifevit.models  # noqa: F401  (registers the lifevit backbones in timm)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentationBackbone", "create_backbone", "load_classifier_weights"]
+__all__ = ["DenseBackbone", "create_backbone", "load_classifier_weights"]
 
 
-class SegmentationBackbone(nn.Module):
+class DenseBackbone(nn.Module):
     """Feature maps (B, C_i, H / s_i, W / s_i) of selected blocks / stages of a timm model.
 
     Args:
@@ -37,6 +38,7 @@ class SegmentationBackbone(nn.Module):
         channels: Channels of each returned map.
         reductions: Stride of each returned map relative to the input.
         stride: The input must be a multiple of this (the largest reduction) in each dimension.
+        num_channels: Channels of the last returned map (what a single-map head such as detection's reads).
     """
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] = (-1,)) -> None:
@@ -60,6 +62,7 @@ class SegmentationBackbone(nn.Module):
         # keep the final norm only when the last block / stage is used (its width is the last stage's)
         model.prune_intermediate_layers(self.indices, prune_norm=self.indices[-1] != n - 1, prune_head=True)
         self.model = model
+        self.num_channels = self.channels[-1]
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Images (B, C, H, W), H and W multiples of :attr:`stride` -> list of maps (B, C_i, H / s_i, W / s_i)."""
@@ -82,7 +85,7 @@ def create_backbone(
     lifeify: bool = False,
     init_checkpoint: Optional[str] = None,
     **kwargs: Any,
-) -> SegmentationBackbone:
+) -> DenseBackbone:
     """Build ``name`` with ``timm.create_model`` (no classifier, any input size) and wrap it.
 
     Args:
@@ -125,7 +128,7 @@ def create_backbone(
     if init_checkpoint is not None:
         info = load_classifier_weights(model, init_checkpoint)
         logger.info("backbone initialised from %s (%s, epoch %d)", info["checkpoint"], info["model"], info["epoch"])
-    return SegmentationBackbone(model, out_indices)
+    return DenseBackbone(model, out_indices)
 
 
 def load_classifier_weights(model: nn.Module, path: Union[str, Path], use_ema: bool = True) -> Dict[str, Any]:
