@@ -1,0 +1,103 @@
+"""One command grammar: the same flags for every task, and ``lifevit --help`` without torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lifevit.cli import build_parser
+from lifevit.cli._grammar import COMMON_TRAIN_FLAGS
+
+TASK_COMMANDS = ("classify", "detect", "segment")
+
+
+def _subparser(parser, *names):
+    for name in names:
+        action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = action.choices[name]
+    return parser
+
+
+def _options(parser):
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def test_help_answers_without_importing_torch():
+    code = (
+        "import sys, lifevit_cli\n"
+        "try:\n    lifevit_cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if any(m == 'torch' or m.startswith('torch.') for m in sys.modules) else 'NO-TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "classify" in out.stdout and "detect" in out.stdout and "segment" in out.stdout
+    assert out.stdout.strip().endswith("NO-TORCH")
+
+
+@pytest.mark.parametrize("task", TASK_COMMANDS)
+def test_every_task_has_train_eval_predict_with_the_same_flags(task):
+    parser = build_parser()
+    train = _options(_subparser(parser, task, "train"))
+    common = {"--config", "--set", "--output", "--resume", "--checkpoint", "--no-progress", "--json"}
+    common |= {"--" + d.replace("_", "-") for d in COMMON_TRAIN_FLAGS}
+    assert common <= train
+    for command in ("eval", "predict"):
+        assert "--checkpoint" in _options(_subparser(parser, task, command))
+    assert {"--images", "--output"} <= _options(_subparser(parser, task, "predict"))
+
+
+@pytest.mark.parametrize("task", TASK_COMMANDS)
+def test_one_precedence_defaults_config_flags_set(task, tmp_path):
+    from lifevit.cli._grammar import config_from_args
+    from lifevit.tasks.classification import ClassificationConfig
+    from lifevit.tasks.detection.config import DetectConfig
+    from lifevit.tasks.segmentation import SegmentationConfig
+
+    cls = {"classify": ClassificationConfig, "detect": DetectConfig, "segment": SegmentationConfig}[task]
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train: {epochs: 7, lr: 0.5, seed: 4}\n")
+    args = build_parser().parse_args(
+        [task, "train", "--config", str(cfg_file), "--epochs", "9", "--lr", "0.25", "--set", "train.lr=0.125"]
+    )
+    cfg = config_from_args(cls, args)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.seed) == (9, 0.125, 4)  # file < flags < --set
+
+
+def test_set_reaches_any_depth_and_reads_yaml():
+    from lifevit.config import build_config
+    from lifevit.tasks.classification import ClassificationConfig
+
+    cfg = build_config(ClassificationConfig, overrides=["model.kwargs.depth=3", "aug.scale=[0.5, 1.0]"])
+    assert cfg.model.kwargs == {"depth": 3} and cfg.aug.scale == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--set", "train.epochs=2.5"], "expects an integer, got 2.5"),
+        (["train", "--device", "tpu"], "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["train", "--threads", "0"], "train.threads must be >= 1"),
+        (["detect", "train", "--epochs", "0"], "train.epochs must be >= 1, got 0"),
+        (["segment", "train", "--set", "train.sched=linear"], "train.sched must be one of"),
+        (["train", "--set", "train.opt=bogus"], "not an optimizer timm knows"),
+        (["train", "--set", "nosuch.key=1"], "unknown config key(s) 'nosuch'"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_folder(argv, message, tmp_path, capsys):
+    from lifevit.cli import main
+
+    out = tmp_path / "run"
+    assert main([*argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
+    from lifevit.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1, 2\n")
+    assert main(["segment", "train", "--config", str(bad), "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"config file {bad} is not valid YAML" in err and "line" in err and "\n" not in err
