@@ -50,6 +50,18 @@ def add_train_parser(
         help=help,
         description=help + ". Precedence: defaults < --resume's config < --config < named flags < --set.",
     )
+    add_config_flags(p)
+    p.add_argument("--output", type=Path, help="run folder (new or empty)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="start from these weights (run folder or file)")
+    add_value_flags(p, {**task_flags, **COMMON_TRAIN_FLAGS})
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(_flag_keys={d: k for d, (k, _, _) in {**task_flags, **COMMON_TRAIN_FLAGS}.items()})
+    return p
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE`` (repeatable)."""
     p.add_argument("--config", type=Path, help="YAML run config (configs/...)")
     p.add_argument(
         "--set",
@@ -59,15 +71,13 @@ def add_train_parser(
         metavar="KEY=VALUE",
         help="any config value at any depth, read as YAML, e.g. --set train.weight_decay=0.05 (repeatable)",
     )
-    p.add_argument("--output", type=Path, help="run folder (new or empty)")
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="start from these weights (run folder or file)")
-    for dest, (_key, tp, text) in {**task_flags, **COMMON_TRAIN_FLAGS}.items():
+
+
+def add_value_flags(p: argparse.ArgumentParser, flags: Dict[str, Tuple[str, type, str]]) -> None:
+    """The named flags of ``flags`` (dest -> (config key, type, help)) and ``--no-progress``."""
+    for dest, (_key, tp, text) in flags.items():
         p.add_argument(_flag(dest), dest=dest, type=tp, help=text)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (train.progress=false)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(_flag_keys={d: k for d, (k, _, _) in {**task_flags, **COMMON_TRAIN_FLAGS}.items()})
-    return p
 
 
 def add_checkpoint_flag(p: argparse.ArgumentParser) -> None:

@@ -5,26 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._grammar import COMMON_TRAIN_FLAGS
+from ._grammar import COMMON_TRAIN_FLAGS, add_config_flags, add_value_flags
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="train / read several runs and print a markdown comparison table")
     p.add_argument("--models", nargs="+", required=True, help="registered model names")
     p.add_argument("--dataset", nargs="+", required=True, help="one or more data sets (one table column each)")
-    p.add_argument("--config", type=Path, help="YAML run config applied to every run")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config value at any depth, read as YAML (repeatable)",
+    add_config_flags(p)
+    add_value_flags(
+        p,
+        {
+            "train_samples": ("data.train_samples", int, "class-balanced subset of the training split"),
+            **COMMON_TRAIN_FLAGS,
+        },
     )
-    p.add_argument("--train-samples", type=int, help="class-balanced subset of the training split")
-    for dest, (_key, tp, text) in COMMON_TRAIN_FLAGS.items():
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=tp, help=text)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of the run folders (default: runs)")
     p.add_argument(
         "--jobs",
