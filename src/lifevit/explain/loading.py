@@ -3,15 +3,12 @@ with, for explanations of image files."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, List, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 __all__ = ["ExplainableModel", "load_explainable"]
@@ -37,20 +34,6 @@ class ExplainableModel:
     name: str
 
 
-def _open(path: Union[str, os.PathLike], mode: str) -> Image.Image:
-    from lifevit.data.images import read_image
-
-    return read_image(path, mode)
-
-
-def _normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(np.array(pixels, dtype=np.float32)) / 255.0
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (x - m) / s
-
-
 def load_explainable(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> ExplainableModel:
     """Rebuild the model of a lifevit checkpoint (a weights file or a run folder) and its preprocessing.
 
@@ -71,35 +54,17 @@ def load_explainable(checkpoint: Union[str, os.PathLike], device: Union[str, tor
         return ExplainableModel(model, task, names, preprocess(ckpt.meta), ckpt.meta["model"])
 
     if task == "segmentation":
-        from lifevit.tasks.segmentation.task import load_model
+        from lifevit.tasks.segmentation.task import load_model, preprocess
 
         model, cfg, _ = load_model(checkpoint, device)
-
-        def preprocess(path):
-            pixels = np.asarray(_open(path, "RGB"))
-            return _normalise(pixels, cfg.data.mean, cfg.data.std), pixels
-
-        return ExplainableModel(model, task, list(ckpt.meta["class_names"]), preprocess, ckpt.meta["model"])
+        return ExplainableModel(model, task, list(ckpt.meta["class_names"]), preprocess(cfg.data), ckpt.meta["model"])
 
     if task == "detection":
-        from lifevit.tasks.detection.task import load_model
-        from lifevit.tasks.detection.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from lifevit.tasks.detection.task import load_model, preprocess
 
         model, cfg, classes = load_model(checkpoint, device)
-        divisor = model.size_divisibility
-
-        def preprocess(path):
-            img = _open(path, "RGB")
-            scale = cfg.data.img_size / max(img.size)
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            # pad to the backbone stride so every token is a full cell (the map is cropped back by the caller)
-            pixels = np.asarray(img.resize(size, Image.BILINEAR))
-            x = _normalise(pixels, IMAGENET_MEAN, IMAGENET_STD)
-            H, W = x.shape[-2:]
-            x = F.pad(x, (0, math.ceil(W / divisor) * divisor - W, 0, math.ceil(H / divisor) * divisor - H))
-            return x, pixels
-
-        return ExplainableModel(model, task, list(classes), preprocess, ckpt.meta["model"])
+        prep = preprocess(cfg, model.size_divisibility)  # padded to the backbone stride: every token a full cell
+        return ExplainableModel(model, task, list(classes), prep, ckpt.meta["model"])
 
     raise ValueError(
         f"{ckpt.path} is a {task!r} checkpoint; explain supports 'classification', 'segmentation' and 'detection'"

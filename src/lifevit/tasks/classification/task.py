@@ -211,18 +211,16 @@ def preprocess(meta: Dict[str, Any]):
 
 def _file_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]):
     """Resize to the model's size (bicubic), then to a normalised tensor; the same as training's in-memory path."""
+    import numpy as np
     from PIL import Image
 
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    from ...data.images import normalize
 
     def run(img):
-        import numpy as np
-
         img = img.resize((img_size, img_size), Image.BICUBIC)
-        x = torch.from_numpy(np.array(img, dtype=np.float32)) / 255.0
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
-        return (x - m) / s
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8))
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)  # (C, H, W)
+        return normalize(pixels, mean, std)
 
     return run
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ...data.images import read_image
 from ...engine.checkpoint import load_checkpoint, load_weights
 from ...engine.data import EpochLoader
 from ...engine.distributed import DistInfo
@@ -29,7 +30,7 @@ from .criterion import SetCriterion
 from .metrics import DetectionEvaluator
 from .model import Detector, build_criterion, build_detector
 from .postprocess import PostProcess
-from .transforms import build_transforms, collate, targets_to_normalized
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, collate, targets_to_normalized
 
 __all__ = ["DetectionTask", "build_dataset", "evaluate", "evaluate_checkpoint", "load_model", "predict_images"]
 
@@ -116,7 +117,10 @@ class DetectionTask(Task):
 
     def describe(self):
         m = self.cfg.model
-        yield f"detector {m.backbone}+{m.head}: {len(self.classes)} classes, {self.train_size} train / {self.val_size} val images"
+        yield (
+            f"detector {m.backbone}+{m.head}: {len(self.classes)} classes, {self.train_size} train / "
+            f"{self.val_size} val images"
+        )
 
 
 @torch.no_grad()
@@ -182,6 +186,32 @@ def evaluate_checkpoint(
     return evaluate(model, loader, torch.device(device), thr, progress=progress, class_metrics=True)
 
 
+def _empty_target() -> Dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "iscrowd": torch.zeros(0, dtype=torch.int64),
+    }
+
+
+def preprocess(cfg: DetectConfig, size_divisibility: int = 1):
+    """The evaluation preprocessing of one image file: path -> (normalised (3, H', W') tensor, padded bottom/right to
+    a multiple of ``size_divisibility``; (h, w, 3) uint8 image the model sees, before padding, for display)."""
+    transform = build_transforms(False, cfg.data.img_size, "none")
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    d = size_divisibility
+
+    def run(path):
+        x, _ = transform(read_image(path, "RGB"), _empty_target())  # (3, h, w)
+        pixels = ((x * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (h, w, 3)
+        h, w = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, -w % d, 0, -h % d))
+        return x, pixels
+
+    return run
+
+
 @torch.no_grad()
 def predict_images(
     path: os.PathLike,
@@ -207,12 +237,7 @@ def predict_images(
     for img_path, stem in zip(*output_names(images)):
         pil = read_image(img_path, "RGB")
         W, H = pil.size
-        empty = {
-            "boxes": torch.zeros(0, 4),
-            "labels": torch.zeros(0, dtype=torch.int64),
-            "iscrowd": torch.zeros(0, dtype=torch.int64),
-        }
-        x, _ = transform(pil, empty)
+        x, _ = transform(pil, _empty_target())
         batch, mask, _ = collate([(x, {})], model.size_divisibility)
         outputs = model(batch.to(device), mask.to(device))
         det = post(outputs, torch.tensor([[H, W]], device=device))[0]  # boxes in the file's pixels

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lifevit.data.cityscapes import IGNORE_INDEX, CityscapesSegmentation, load_label_table
-from lifevit.data.images import read_image
+from lifevit.data.images import normalize, read_image
 
 from ...engine.checkpoint import Checkpoint, load_checkpoint, load_weights
 from ...engine.data import EpochLoader, eval_shard
@@ -31,7 +31,7 @@ from .criterion import SegmentationCriterion
 from .metrics import SegmentationMetrics
 from .model import Segmenter, build_segmenter
 from .postprocess import infer_logits
-from .transforms import SegmentationTransform, normalize_image
+from .transforms import SegmentationTransform
 from .visualize import colorize, overlay
 
 __all__ = ["SegmentationTask", "build_datasets", "evaluate", "load_model", "predict_files"]
@@ -198,6 +198,16 @@ def load_model(
     return model.to(device).eval(), cfg, ckpt
 
 
+def preprocess(data: DataConfig):
+    """The evaluation preprocessing of one image file: path -> (normalised (3, H, W) tensor, (H, W, 3) uint8 image)."""
+
+    def run(path):
+        rgb = np.array(read_image(path, "RGB"))  # (H, W, 3)
+        return normalize(torch.from_numpy(rgb).permute(2, 0, 1), data.mean, data.std), rgb
+
+    return run
+
+
 @torch.no_grad()
 def predict_files(
     model: nn.Module,
@@ -220,10 +230,10 @@ def predict_files(
     model.eval()
     written = []
     paths, stems = output_names(files)
+    prep = preprocess(data)
     for f, stem in zip(paths, stems):
-        rgb = np.array(read_image(f, "RGB"))  # (H, W, 3)
+        image, rgb = prep(f)  # (3, H, W) normalised, (H, W, 3) uint8
         _check_size(f, rgb.shape[:2], inference)
-        image = normalize_image(torch.from_numpy(rgb).permute(2, 0, 1), data.mean, data.std)  # (3, H, W)
         logits = infer_logits(
             model,
             image[None].to(device),

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from lifevit.data.cityscapes import IGNORE_INDEX
 
-__all__ = ["SegmentationTransform", "normalize_image"]
+__all__ = ["SegmentationTransform"]
 
 
 class SegmentationTransform:
@@ -62,8 +62,3 @@ class SegmentationTransform:
         return image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
 
 
-def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (..., C, H, W) -> normalised float32."""
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (image.float() / 255.0 - m) / s
