@@ -81,14 +81,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from lifevit.engine.checkpoint import resolve_checkpoint
+    from lifevit.engine.checkpoint import load_checkpoint, resolve_checkpoint
     from lifevit.tasks.classification import evaluate_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
     output = args.output
     if output is None:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        output = run_dir / f"eval-{args.dataset or 'data'}-{args.split}{'-ema' if args.ema else ''}"
+        dataset = args.dataset or load_checkpoint(path).meta.get("dataset", "data")
+        output = run_dir / f"eval-{dataset}-{args.split}{'-ema' if args.ema else ''}"
     result = evaluate_checkpoint(
         path, args.dataset, args.data_root, args.split, args.batch_size, args.device, args.ema, output
     )

@@ -192,9 +192,9 @@ def train_one_epoch(
     return stats
 
 
-def _scalars(stats: Dict[str, Any], prefix: str) -> Dict[str, float]:
+def _scalars(stats: Dict[str, Any]) -> Dict[str, float]:
     return {
-        f"{prefix}{k}": float(v)
+        k: float(v)
         for k, v in stats.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_seconds")
     }
@@ -386,7 +386,9 @@ def fit(
                 last_epoch = epoch + 1 == cfg.epochs or out_of_time
                 if (epoch + 1) % cfg.eval_interval == 0 or last_epoch:
                     last_eval = evaluate_all()
-                    record.update(_scalars(last_eval, "eval_"))
+                    record.update(  # the model's metrics as eval_<metric>, the EMA's as ema_<metric>
+                        {(k if k.startswith("ema_") else f"eval_{k}"): v for k, v in _scalars(last_eval).items()}
+                    )
                     record["eval_seconds"] = last_eval["eval_seconds"]
                     score = float(last_eval[task.score_key])
                     if score > best_score:
