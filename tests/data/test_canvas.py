@@ -149,3 +149,98 @@ def test_cli(tmp_path, fmnist, capsys):
         )
         == 2
     )
+
+
+# ---------------------------------------------------------------------------- existing outputs are kept safe
+def _counts(root):
+    """What the real loaders see: (VOC train, VOC val, Cityscapes train, Cityscapes val) image counts."""
+    from lifevit.data.cityscapes import CityscapesSegmentation
+    from lifevit.data.voc import VOCDetectionDataset
+
+    table = root / "cityscapes" / "canvas_classes.json"
+    return tuple(len(VOCDetectionDataset(root, "2007", s, CANVAS_CLASSES)) for s in ("train", "val")) + tuple(
+        len(CityscapesSegmentation(root / "cityscapes", s, label_table=table)) for s in ("train", "val")
+    )
+
+
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_existing_set_is_refused_or_replaced_whole(tmp_path, fmnist):
+    out = tmp_path / "set"
+    args = dict(canvas_size=48, seed=1, fashion_mnist_root=fmnist)
+    make_canvas_dataset(out, num_train=7, num_val=4, **args)
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=r"output folder .*set already exists and is not empty"):
+        make_canvas_dataset(out, num_train=5, num_val=3, **args)
+    assert _snapshot(out) == before  # nothing touched
+    summary = make_canvas_dataset(out, num_train=5, num_val=3, overwrite=True, **args)
+    assert _counts(out) == (5, 3, 5, 3)  # no stale files of the first set (the loaders saw 7 / 4 before)
+    assert summary["num_train"] == 5 and json.loads((out / "canvas.json").read_text())["num_val"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temporary folders left behind
+
+
+def test_overwrite_never_deletes_other_files(tmp_path, fmnist):
+    out = tmp_path / "set"
+    args = dict(num_train=3, num_val=2, canvas_size=48, seed=1, fashion_mnist_root=fmnist)
+    make_canvas_dataset(out, **args)
+    mine = out / "VOCdevkit" / "VOC2012" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("my own file")
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=r"holds VOCdevkit/VOC2012/notes\.txt, which a canvas set does not write"):
+        make_canvas_dataset(out, overwrite=True, **args)
+    assert _snapshot(out) == before
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="does not hold a canvas set"):
+        make_canvas_dataset(other, overwrite=True, **args)
+    assert (other / "cat.jpg").read_bytes() == b"x"
+
+
+def test_output_that_is_a_file(tmp_path, fmnist, capsys):
+    from lifevit.cli import main
+
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    with pytest.raises(ValueError, match=r"output .*taken is an existing file; expected a folder"):
+        make_canvas_dataset(target, num_train=2, num_val=1, canvas_size=48, fashion_mnist_root=fmnist)
+    rc = main(["data", "canvas", "--output", str(target), "--fashion-mnist-root", str(fmnist)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("lifevit data: error: output") and err.count("\n") == 1
+    assert target.read_text() == "keep me"
+
+
+def test_cli_refuses_non_empty_output_then_overwrites(tmp_path, fmnist, capsys):
+    from lifevit.cli import main
+
+    out = tmp_path / "c"
+    base = ["data", "canvas", "--output", str(out), "--canvas-size", "48", "--fashion-mnist-root", str(fmnist)]
+    assert main(base + ["--num-train", "4", "--num-val", "2"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--num-train", "2", "--num-val", "1"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert len(list((out / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 6
+    assert main(base + ["--num-train", "2", "--num-val", "1", "--overwrite"]) == 0
+    assert len(list((out / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 3
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, fmnist, monkeypatch):
+    from lifevit.data import canvas as canvas_module
+
+    def crash(out, *args):
+        (out / "VOCdevkit").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(canvas_module, "_write_canvas_set", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make_canvas_dataset(tmp_path / "set", num_train=2, num_val=1, canvas_size=48, fashion_mnist_root=fmnist)
+    assert list(tmp_path.iterdir()) == []  # neither a half-written set nor a temporary folder
+
+
+def test_missing_fashion_mnist_root_writes_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST root .*nowhere does not exist"):
+        make_canvas_dataset(tmp_path / "set", num_train=2, num_val=1, fashion_mnist_root=tmp_path / "nowhere")
+    assert list(tmp_path.iterdir()) == []

@@ -150,3 +150,127 @@ def test_array_dataset_subset_and_validation():
     with pytest.raises(ValueError, match="expected uint8 images"):
         ArrayDataset(np.zeros((5, 4, 4), np.float32), np.arange(5), [])
     assert isinstance(ds.targets, torch.Tensor)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _cifar10(root):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        _pickle(folder / name, {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]})
+    _pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    return folder
+
+
+def test_truncated_or_foreign_cifar_pickle_names_the_file(tmp_path):
+    folder = _cifar10(tmp_path)
+    victim = folder / "data_batch_3"
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(ValueError) as err:
+        build_dataset("cifar10", "train", tmp_path)
+    assert str(victim) in str(err.value) and "truncated" in str(err.value)
+    assert len(build_dataset("cifar10", "test", tmp_path)) == 4  # the other split is unharmed
+    _pickle(folder / "test_batch", {b"data": np.zeros((4, 3072), np.uint8)})  # no labels
+    with pytest.raises(ValueError, match=r"test_batch: expected a CIFAR pickle .* missing \['labels'\]"):
+        build_dataset("cifar10", "test", tmp_path)
+    _pickle(folder / "test_batch", {b"data": np.zeros((4, 3000), np.uint8), b"labels": [0, 1, 2, 3]})
+    with pytest.raises(ValueError, match=r"test_batch: expected data \(N, 3072\)"):
+        build_dataset("cifar10", "test", tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"data_batch_3 is missing"):
+        build_dataset("cifar10", "train", tmp_path)
+
+
+def test_explicit_data_root_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    fallback = tmp_path / "home_data"
+    _cifar10(fallback)
+    monkeypatch.setenv("LIFEVIT_DATA", str(fallback))
+    assert len(build_dataset("cifar10", "test")) == 4  # no root: the usual search finds it
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found: the data root .*nowhere does not exist"):
+        build_dataset("cifar10", "test", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found: looked for .*empty"):
+        build_dataset("cifar10", "test", tmp_path / "empty")
+
+
+def _fashion_mnist(folder, n=6):
+    from lifevit.data.fashion_mnist import write_fashion_mnist
+
+    images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = np.arange(n) % 10
+    return write_fashion_mnist(folder, (images, labels), (images[:3], labels[:3]))
+
+
+def test_fashion_mnist_truncated_gz_names_the_file(tmp_path):
+    folder = _fashion_mnist(tmp_path / "fm")
+    victim = folder / "train-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:40])
+    with pytest.raises(ValueError) as err:
+        build_dataset("fashion_mnist", "train", folder)
+    assert str(victim) in str(err.value) and "truncated" in str(err.value) and "gzip" in str(err.value)
+    victim.write_bytes(b"plain bytes, not gzip")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is truncated or not a valid gzip file"):
+        build_dataset("fashion_mnist", "train", folder)
+    import gzip
+
+    with gzip.open(victim, "wb") as f:  # a valid gzip stream, but the IDX data is cut short
+        f.write(bytes([0, 0, 8, 3]) + (6).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big") + b"x")
+    with pytest.raises(ValueError, match=r"header says shape \(6, 28, 28\) \(4704 bytes\) but the file has 1"):
+        build_dataset("fashion_mnist", "train", folder)
+
+
+def test_fashion_mnist_explicit_root_never_falls_back(tmp_path, monkeypatch):
+    from lifevit.data import fashion_mnist as fm
+
+    system = _fashion_mnist(tmp_path / "system", n=8)
+    monkeypatch.setattr(fm, "DEBIAN_ROOT", system)
+    monkeypatch.delenv("LIFEVIT_FASHION_MNIST", raising=False)
+    assert len(build_dataset("fashion_mnist", "train")) == 8  # no root given: the system copy
+    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST root .*nowhere does not exist"):
+        build_dataset("fashion_mnist", "train", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST not found: none of .*empty.* holds"):
+        build_dataset("fashion_mnist", "train", tmp_path / "empty")
+    mine = _fashion_mnist(tmp_path / "mine" / "FashionMNIST" / "raw", n=5)  # torchvision's layout under the root
+    assert len(build_dataset("fashion_mnist", "train", tmp_path / "mine")) == 5
+    monkeypatch.setenv("LIFEVIT_FASHION_MNIST", str(mine))
+    assert len(build_dataset("fashion_mnist", "train")) == 5
+    monkeypatch.setenv("LIFEVIT_FASHION_MNIST", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match="gone does not exist"):
+        build_dataset("fashion_mnist", "train")
+
+
+def test_image_files_are_read_with_the_shared_reader(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "train" / "cat" / "ok.png")
+    (tmp_path / "train" / "cat" / "zero.png").write_bytes(b"")
+    (tmp_path / "train" / "dog" / "text.jpg").write_text("not an image")
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "train" / "dog" / "deep.png")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 200  # fully transparent: the hidden colour must not show
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "dog" / "see_through.png")
+    ds = build_dataset("imagefolder", "train", tmp_path)
+    by_name = {p.name: i for i, (p, _) in enumerate(ds.samples)}
+    assert np.asarray(ds[by_name["ok.png"]][0])[0, 0].tolist() == [9, 9, 9]
+    for name, what in (("zero.png", "is empty"), ("text.jpg", "is not an image file")):
+        with pytest.raises(ValueError, match=what) as err:
+            ds[by_name[name]]
+        assert name in str(err.value)
+    assert np.asarray(ds[by_name["deep.png"]][0])[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(ds[by_name["see_through.png"]][0])[0, 0].tolist() == [0, 0, 0]
+
+
+def test_truncated_mat_file_names_the_file(tmp_path):
+    from scipy.io import savemat
+
+    X = np.zeros((32, 32, 3, 5), np.uint8)
+    savemat(tmp_path / "test_32x32.mat", {"X": X, "y": np.ones((5, 1), np.uint8)})
+    path = tmp_path / "test_32x32.mat"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError) as err:
+        build_dataset("svhn", "test", tmp_path)
+    assert str(path) in str(err.value) and "truncated" in str(err.value)
+    savemat(path, {"images": X})
+    with pytest.raises(ValueError, match=r"test_32x32\.mat: expected a variable 'X'"):
+        build_dataset("svhn", "test", tmp_path)

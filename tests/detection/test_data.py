@@ -147,3 +147,86 @@ def test_canvas_through_voc_loader(canvas_root):
         assert img.size == (64, 64) and 1 <= len(t["boxes"]) <= 3
         assert (t["boxes"][:, 2:] > t["boxes"][:, :2]).all() and t["boxes"].max() <= 64
         assert torch.all((t["labels"] >= 0) & (t["labels"] < 10))
+
+
+@pytest.mark.parametrize(
+    "objects, message",
+    [
+        ([_obj("dog", ("nan", 1, 5, 5))], r"<xmin> is 'nan'; expected a finite pixel coordinate"),
+        ([_obj("dog", (1, 1, "inf", 5))], r"<xmax> is 'inf'; expected a finite pixel coordinate"),
+        ([_obj("dog", (1, 1, "five", 5))], r"<xmax> is 'five'; expected a finite pixel coordinate"),
+        ([_obj("dog", (1, 1, 5, 5), difficult="0.5")], r"<difficult> is '0\.5'; expected 0 or 1"),
+        ([_obj("dog", (1, 1, 5, 5), difficult="yes")], r"<difficult> is 'yes'; expected 0 or 1"),
+        (
+            "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object>",
+            "<bndbox> has no <ymax>",
+        ),
+    ],
+)
+def test_voc_bad_values_name_the_file(tmp_path, objects, message):
+    write_voc(tmp_path, {"000001": objects}, {"000001": (20, 20)})
+    ds = VOCDetectionDataset(tmp_path, "2007", "train")
+    with pytest.raises(ValueError, match=r"malformed annotation .*000001\.xml: " + message):
+        ds[0]
+
+
+def test_voc_size_and_image_files(tmp_path):
+    anns = {"000001": [_obj("dog", (1, 1, 5, 5))], "000002": [], "000003": []}
+    write_voc(tmp_path, anns, {k: (20, 10) for k in anns})
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    Image.new("RGB", (10, 20)).save(voc / "JPEGImages" / "000001.jpg")  # the XML says 20 x 10
+    (voc / "JPEGImages" / "000002.jpg").write_bytes(b"")
+    (voc / "JPEGImages" / "000003.jpg").unlink()
+    ds = VOCDetectionDataset(tmp_path, "2007", "train")
+    with pytest.raises(ValueError, match=r"000001\.xml: <size> says 20x10 \(width x height\) but the image is 10x20"):
+        ds[0]
+    with pytest.raises(ValueError, match=r"image .*000002\.jpg is empty"):
+        ds[1]
+    with pytest.raises(FileNotFoundError, match=r"000003\.jpg listed in the image set does not exist"):
+        ds[2]
+
+
+def _coco(tmp_path, annotations, images=None, categories=None):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "img" / "a.png")
+    coco = {
+        "images": images or [{"id": 7, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": annotations,
+        "categories": categories or [{"id": 5, "name": "a"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    return CocoDetectionDataset(tmp_path / "img", tmp_path / "ann.json")
+
+
+@pytest.mark.parametrize(
+    "bbox, iscrowd, message",
+    [
+        ([2, float("nan"), 10, 5], 0, r"has bbox \[2, nan, 10, 5\]; expected \[x, y, width, height\]"),
+        ([2, 3, "10", 5], 0, "has bbox"),
+        ([2, 3, 10], 0, "has bbox"),
+        ([2, 3, 10, 5], 0.5, "has iscrowd 0.5; expected 0 or 1"),
+    ],
+)
+def test_coco_bad_values_name_the_file(tmp_path, bbox, iscrowd, message):
+    ann = {"id": 1, "image_id": 7, "category_id": 5, "bbox": bbox, "area": 50, "iscrowd": iscrowd}
+    ds = _coco(tmp_path, [ann])
+    with pytest.raises(ValueError, match=r"malformed annotation file .*ann\.json: annotation 1 " + message):
+        ds[0]
+
+
+def test_coco_images_and_structure(tmp_path):
+    ds = _coco(tmp_path, [], images=[{"id": 7, "file_name": "a.png", "width": 41, "height": 30}])
+    with pytest.raises(ValueError, match=r"ann\.json: image 7 is listed as 41x30 but .*a\.png is 40x30"):
+        ds[0]
+    ds = _coco(tmp_path, [], images=[{"id": 8, "file_name": "gone.png", "width": 4, "height": 3}])
+    with pytest.raises(FileNotFoundError, match=r"gone\.png listed in .*ann\.json \(image id 8\) does not exist"):
+        ds[0]
+    (tmp_path / "img" / "bad.png").write_text("not pixels")
+    ds = _coco(tmp_path, [], images=[{"id": 9, "file_name": "bad.png", "width": 4, "height": 3}])
+    with pytest.raises(ValueError, match=r"bad\.png is not an image file"):
+        ds[0]
+    with pytest.raises(ValueError, match=r"category .* needs an integer 'id' and a 'name'"):
+        _coco(tmp_path, [], categories=[{"id": 5}])
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"list\.json: expected a JSON object"):
+        CocoDetectionDataset(tmp_path / "img", tmp_path / "list.json")

@@ -131,3 +131,41 @@ def test_eval_transform_only_normalises():
     target = torch.zeros(8, 8, dtype=torch.int64)
     img, tgt = SegmentationTransform(False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(image, target)
     assert torch.allclose(img, torch.ones(3, 8, 8)) and torch.equal(tgt, target)
+
+
+def _label_path(image_path):
+    return str(image_path).replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+
+
+def test_bad_files_name_the_file(cityscapes_root):
+    ds = CityscapesSegmentation(cityscapes_root, "train")
+    small = _label_path(ds.images[0])
+    Image.fromarray(np.zeros((16, 48), np.uint8)).save(small)
+    with pytest.raises(ValueError) as err:
+        ds[0]
+    assert str(err.value) == f"label image {small} is 48x16 but its image {ds.images[0]} is 48x32"
+    colour = _label_path(ds.images[1])
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(colour)
+    with pytest.raises(ValueError, match=r"labelIds\.png has shape \(32, 48, 3\); expected a single-channel"):
+        ds[1]
+    cut = _label_path(ds.images[2])
+    with open(cut, "r+b") as f:
+        f.truncate(120)
+    with pytest.raises(ValueError, match=r"image .*_gtFine_labelIds\.png is truncated or corrupt"):
+        ds[2]
+    val = CityscapesSegmentation(cityscapes_root, "val")
+    with open(val.images[0], "wb"):
+        pass  # an empty image file
+    with pytest.raises(ValueError, match=r"image .*_leftImg8bit\.png is empty"):
+        val[0]
+    assert val[1][0].shape == (3, 32, 48)  # the other files still load
+
+
+def test_16_bit_label_ids_are_not_rescaled(cityscapes_root):
+    ds = CityscapesSegmentation(cityscapes_root, "val")
+    path = _label_path(ds.images[0])
+    ids = np.array(Image.open(path)).astype(np.uint16)
+    Image.fromarray(ids).save(path)  # the same ids stored as a 16-bit PNG
+    assert Image.open(path).mode.startswith("I")
+    _, target = ds[0]
+    assert np.array_equal(target.numpy(), cityscapes_label_table().lut()[ids])

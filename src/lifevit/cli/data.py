@@ -13,7 +13,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "canvas",
         help="Fashion-MNIST items pasted on canvases, written in the Pascal VOC and the Cityscapes layouts",
     )
-    c.add_argument("--output", required=True, help="output folder (VOCdevkit/ and cityscapes/ are written in it)")
+    c.add_argument(
+        "--output", required=True, help="output folder, new or empty (VOCdevkit/ and cityscapes/ are written in it)"
+    )
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a canvas set already in --output (refused if the folder holds any other file)",
+    )
     c.add_argument("--num-train", type=int, default=2000, help="training canvases")
     c.add_argument("--num-val", type=int, default=500, help="validation canvases")
     c.add_argument("--canvas-size", type=int, default=96, help="canvas side in pixels")
@@ -21,7 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--min-scale", type=float, default=0.25, help="smallest item side / canvas side")
     c.add_argument("--max-scale", type=float, default=0.5, help="largest item side / canvas side")
     c.add_argument("--seed", type=int, default=0, help="random seed")
-    c.add_argument("--fashion-mnist-root", default=None, help="folder with the Fashion-MNIST IDX files")
+    c.add_argument(
+        "--fashion-mnist-root",
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (default: $LIFEVIT_FASHION_MNIST, else the system copy)",
+    )
     c.set_defaults(func=run_canvas)
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -43,6 +54,7 @@ def run_canvas(args: argparse.Namespace) -> int:
         seed=args.seed,
         scale_range=(args.min_scale, args.max_scale),
         fashion_mnist_root=args.fashion_mnist_root,
+        overwrite=args.overwrite,
     )
     print(json.dumps(summary, indent=2))
     return 0

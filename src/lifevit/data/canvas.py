@@ -22,6 +22,12 @@ The set is written twice, in real on-disk layouts read by the real loaders:
   of the official Cityscapes table.
 
 The same canvas has the same index in both layouts: VOC id ``f"{i:06d}"`` and Cityscapes frame ``i``.
+
+The set is written into a hidden temporary folder beside ``DIR`` and renamed to ``DIR`` when complete, so an
+interrupted run leaves no half-written set. ``DIR`` must not exist or be empty: a non-empty folder is refused
+(its files would otherwise mix with the new ones, and a loader would see both sets). ``overwrite=True`` replaces
+a canvas set written there before, and only that: a folder holding any file a canvas set does not write is
+refused, so no file of the user is ever deleted.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -157,11 +165,12 @@ def make_canvas_dataset(
     seed: int = 0,
     scale_range: Tuple[float, float] = (0.25, 0.5),
     fashion_mnist_root: Optional[os.PathLike] = None,
+    overwrite: bool = False,
 ) -> Dict[str, object]:
     """Write the canvas set in the VOC and the Cityscapes layouts under ``out_dir``.
 
     Args:
-        out_dir: Output folder (created; existing canvas files are overwritten).
+        out_dir: Output folder: new, or an empty folder (see the module docs).
         num_train: Training canvases (items from Fashion-MNIST ``train``).
         num_val: Validation canvases (items from Fashion-MNIST ``test``).
         canvas_size: Canvas side in pixels.
@@ -169,10 +178,16 @@ def make_canvas_dataset(
         seed: Seed of the generator; the same arguments give the same files.
         scale_range: Item side as a fraction of the canvas side.
         fashion_mnist_root: Where Fashion-MNIST is (default: the usual search, see ``fashion_mnist``).
+        overwrite: Replace a canvas set already in ``out_dir`` (refused if the folder holds anything else).
 
     Returns:
         A summary: ``voc_root``, ``cityscapes_root``, ``classes``, ``num_train``, ``num_val``, ``num_objects``
         (per split) and the generation arguments.
+
+    Raises:
+        ValueError: Bad arguments; ``out_dir`` is a file, or a non-empty folder (without ``overwrite``, or holding
+            files that are not a canvas set's). Nothing is written then.
+        FileNotFoundError: Fashion-MNIST was not found.
     """
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise ValueError(f"need num_train >= 0, num_val >= 0 and at least one canvas, got {num_train}, {num_val}")
@@ -186,17 +201,105 @@ def make_canvas_dataset(
             f"canvas_size {canvas_size} with scale_range {scale_range} gives items under 8 px; use a larger canvas"
         )
     out = Path(out_dir)
+    target = Path(os.path.realpath(out))  # a symlink to a folder: the folder it names
+    _check_output(target, overwrite)
+    splits = {"train": (0, num_train, "train"), "val": (num_train, num_val, "test")}
+    items = {s: load_fashion_mnist(fm, fashion_mnist_root) if n else (None, None) for s, (_, n, fm) in splits.items()}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        num_objects = _write_canvas_set(tmp, splits, items, canvas_size, max_items, seed, scale_range)
+        summary = {
+            "root": str(out),
+            "voc_root": str(out / "VOCdevkit"),
+            "cityscapes_root": str(out / "cityscapes"),
+            "classes": list(CANVAS_CLASSES),
+            "num_train": num_train,
+            "num_val": num_val,
+            "num_objects": num_objects,
+            "canvas_size": canvas_size,
+            "max_items": max_items,
+            "scale_range": list(scale_range),
+            "seed": seed,
+        }
+        (tmp / "canvas.json").write_text(json.dumps(summary, indent=2))
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder, never the user's
+        raise
+    logger.info("canvas set: %d train / %d val images in %s", num_train, num_val, out)
+    return summary
+
+
+# every file a canvas set writes, relative to its root: what ``overwrite`` may replace
+_CANVAS_FILES = re.compile(
+    r"canvas\.json|VOCdevkit/VOC2007/(JPEGImages/\d{6}\.jpg|Annotations/\d{6}\.xml|"
+    r"ImageSets/Main/(train|val|trainval)\.txt)|cityscapes/(canvas_classes\.json|"
+    r"leftImg8bit/(train|val)/canvas/canvas_000000_\d{6}_leftImg8bit\.png|"
+    r"gtFine/(train|val)/canvas/canvas_000000_\d{6}_gtFine_(labelIds|instanceIds)\.png)"
+)
+
+
+def _check_output(target: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, or a non-empty folder unless it holds only a canvas set and ``overwrite``."""
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"output {target} is an existing file; expected a folder (new or empty) for the canvas set")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"output folder {target} already exists and is not empty; expected a new or empty folder "
+            "(or overwrite, --overwrite, to replace a canvas set written there before)"
+        )
+    if not (target / "canvas.json").is_file():
+        raise ValueError(f"output folder {target} does not hold a canvas set (no canvas.json); refusing to replace it")
+    for path in sorted(target.rglob("*")):
+        rel = path.relative_to(target).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if not path.is_file() or path.is_symlink() or not _CANVAS_FILES.fullmatch(rel):
+            raise ValueError(
+                f"output folder {target} holds {rel}, which a canvas set does not write; refusing to replace it "
+                "(choose a new folder)"
+            )
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished set ``tmp`` to ``target`` (an empty folder is removed first, an old set last)."""
+    old = None
+    if target.is_dir():
+        if any(target.iterdir()):  # a previous canvas set, checked by _check_output
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+            target.rename(old)
+        else:
+            target.rmdir()
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _write_canvas_set(
+    out: Path,
+    splits: Dict[str, Tuple[int, int, str]],
+    items: Dict[str, Tuple[Optional[np.ndarray], Optional[np.ndarray]]],
+    canvas_size: int,
+    max_items: int,
+    seed: int,
+    scale_range: Tuple[float, float],
+) -> Dict[str, int]:
+    """Write both layouts under ``out``; returns the number of objects of each split."""
     voc = out / "VOCdevkit" / "VOC2007"
     cs = out / "cityscapes"
     for d in (voc / "Annotations", voc / "JPEGImages", voc / "ImageSets" / "Main"):
         d.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(seed)
-    splits = {"train": (0, num_train, "train"), "val": (num_train, num_val, "test")}
     ids: Dict[str, List[str]] = {}
     num_objects: Dict[str, int] = {}
-    for split, (start, count, fm_split) in splits.items():
-        images, labels = load_fashion_mnist(fm_split, fashion_mnist_root) if count else (None, None)
+    for split, (start, count, _) in splits.items():
+        images, labels = items[split]
         img_dir = cs / "leftImg8bit" / split / "canvas"
         gt_dir = cs / "gtFine" / split / "canvas"
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -229,19 +332,4 @@ def make_canvas_dataset(
     table = [{"id": 0, "train_id": 0, "name": "background"}]
     table += [{"id": c + 1, "train_id": c + 1, "name": name} for c, name in enumerate(CANVAS_CLASSES)]
     (cs / "canvas_classes.json").write_text(json.dumps(table, indent=2))
-    summary = {
-        "root": str(out),
-        "voc_root": str(out / "VOCdevkit"),
-        "cityscapes_root": str(cs),
-        "classes": list(CANVAS_CLASSES),
-        "num_train": num_train,
-        "num_val": num_val,
-        "num_objects": num_objects,
-        "canvas_size": canvas_size,
-        "max_items": max_items,
-        "scale_range": list(scale_range),
-        "seed": seed,
-    }
-    (out / "canvas.json").write_text(json.dumps(summary, indent=2))
-    logger.info("canvas set: %d train / %d val images in %s", num_train, num_val, out)
-    return summary
+    return num_objects

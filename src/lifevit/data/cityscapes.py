@@ -11,6 +11,10 @@ train id is 255 (or -1) becomes :data:`IGNORE_INDEX`. The official table is torc
 ``Cityscapes.classes``; a custom table (a JSON list of ``{"id", "train_id", "name"}``, optionally ``"color"``)
 replaces it for other data in the same layout, such as the Fashion-MNIST canvas set
 (``cityscapes/canvas_classes.json``, see :mod:`lifevit.data.canvas`).
+
+Files are read with :func:`lifevit.data.images.read_image` (labels as stored, never scaled). An image or label
+file that is empty, truncated or not an image, a label image that is not single-channel, and a label image
+whose size differs from its image raise ``ValueError`` naming the file, what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import Cityscapes as TVCityscapes
+
+from .images import read_image
 
 __all__ = ["IGNORE_INDEX", "LabelTable", "CityscapesSegmentation", "cityscapes_label_table", "load_label_table"]
 
@@ -190,14 +196,18 @@ class CityscapesSegmentation(Dataset):
 
     def load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Image uint8 (3, H, W) and train-id target int64 (H, W), before transforms."""
-        pil_image, pil_label = self._tv[index]  # RGB image, labelIds image
-        image = torch.from_numpy(np.array(pil_image)).permute(2, 0, 1).contiguous()  # (3, H, W)
-        target = self.table.encode(np.array(pil_label))  # (H, W)
-        if image.shape[-2:] != target.shape:
+        image_path, label_path = self.images[index], self._tv.targets[index][0]
+        rgb = np.array(read_image(image_path, "RGB"))  # (H, W, 3)
+        label_ids = np.array(read_image(label_path, None))  # (H, W) label ids as stored
+        if label_ids.ndim != 2:
             raise ValueError(
-                f"{self.images[index]} is {tuple(image.shape[-2:])} but its labels are {tuple(target.shape)}"
+                f"label image {label_path} has shape {label_ids.shape}; expected a single-channel (H, W) labelIds PNG"
             )
-        return image, target
+        if label_ids.shape != rgb.shape[:2]:
+            (h, w), (H, W) = label_ids.shape, rgb.shape[:2]
+            raise ValueError(f"label image {label_path} is {w}x{h} but its image {image_path} is {W}x{H}")
+        image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, H, W)
+        return image, self.table.encode(label_ids)  # (H, W)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, target = self.load(index)

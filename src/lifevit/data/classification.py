@@ -20,7 +20,13 @@ The small sets (Fashion-MNIST, CIFAR, SVHN) are :class:`ArrayDataset`s held in m
 the fast tensor loader (:mod:`lifevit.data.loader`) batches without Python-level per-image work. The others
 are :class:`FileListDataset`s of (path, label) read with PIL.
 
-Data roots are searched in order: the ``root`` given, ``$LIFEVIT_DATA``, ``./data``, ``~/data``.
+A ``root`` given by the user is the only data root looked in: a root that does not exist, or does not hold the
+data set, is refused with ``FileNotFoundError`` (no silent fall-back to another copy). With no root, the data
+roots are searched in order: ``$LIFEVIT_DATA``, ``./data``, ``~/data``.
+
+Bad files raise ``ValueError`` naming the file and what was expected: a truncated or corrupt CIFAR pickle or
+``.mat`` file, a pickle without the CIFAR keys, an image that is empty, not an image, or truncated (images are
+read with :func:`lifevit.data.images.read_image`, which also scales 16-bit images and composites transparency).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from . import fashion_mnist as fmnist
+from .images import read_image
 
 __all__ = [
     "ArrayDataset",
@@ -215,7 +222,7 @@ class ArrayDataset(Dataset):
 
 
 class FileListDataset(Dataset):
-    """Images read from disk with PIL (converted to RGB) from a list of (path, label).
+    """Images read from disk with :func:`~lifevit.data.images.read_image` (as RGB) from a list of (path, label).
 
     Args:
         samples: (path, class index) pairs.
@@ -234,8 +241,7 @@ class FileListDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        with Image.open(path) as f:
-            img = f.convert("RGB")
+        img = read_image(path, "RGB")
         if self.transform is not None:
             img = self.transform(img)
         return img, target
@@ -269,17 +275,21 @@ def class_balanced_indices(targets: Sequence[int], num_samples: int, seed: int =
 
 # --------------------------------------------------------------------------------------------- root search
 def _roots(root: Optional[os.PathLike]) -> List[Path]:
-    out = []
     if root is not None:
-        out.append(Path(root))
+        return [Path(root)]
+    out = []
     if os.environ.get("LIFEVIT_DATA"):
         out.append(Path(os.environ["LIFEVIT_DATA"]))
-    out += [Path("data"), Path.home() / "data"]
-    return out
+    return out + [Path("data"), Path.home() / "data"]
 
 
 def _find(root: Optional[os.PathLike], info: DatasetInfo, relatives: Sequence[str], marker: str) -> Path:
     """First ``base/rel`` (over data roots and relative sub-folders) that contains ``marker``."""
+    if root is not None and not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"{info.name} not found: the data root {root} does not exist (expected a folder). "
+            f"To get it: {info.how_to_get}"
+        )
     looked = []
     for base in _roots(root):
         for rel in relatives:
@@ -287,52 +297,115 @@ def _find(root: Optional[os.PathLike], info: DatasetInfo, relatives: Sequence[st
             looked.append(folder)
             if (folder / marker).exists():
                 return folder
-    places = "\n  ".join(str(p / marker) for p in looked)
-    raise FileNotFoundError(f"{info.name} not found. Looked for:\n  {places}\nTo get it: {info.how_to_get}")
+    places = ", ".join(str(p / marker) for p in looked)
+    raise FileNotFoundError(f"{info.name} not found: looked for {places}. To get it: {info.how_to_get}")
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+# what unpickling a truncated or foreign file raises
+_PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+)
+
+
+def _unpickle(path: Path, keys: Sequence[bytes]) -> dict:
+    """A CIFAR python pickle (a dict with ``keys``), or ``ValueError`` / ``FileNotFoundError`` naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR file {path} is missing; re-extract the data set's tar.gz")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except _PICKLE_ERRORS as err:
+        raise ValueError(
+            f"{path} is truncated or not a CIFAR python pickle ({type(err).__name__}: {err}); re-extract the tar.gz"
+        ) from err
+    missing = [k.decode() for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(
+            f"{path}: expected a CIFAR pickle (a dict with keys {[k.decode() for k in keys]}), missing {missing}"
+        )
+    return obj
 
 
 def _cifar_rows_to_hwc(data: np.ndarray) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
 
 
+def _cifar_batch(path: Path, label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) and labels (N,) of one CIFAR batch file, checked against each other."""
+    batch = _unpickle(path, (b"data", label_key))
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+        raise ValueError(
+            f"{path}: expected data (N, 3072) and {label_key.decode()} (N,), got {data.shape} and {labels.shape}"
+        )
+    return _cifar_rows_to_hwc(data), labels.astype(np.int64)
+
+
 def _load_cifar(info: DatasetInfo, split: str, root: Optional[os.PathLike]) -> ArrayDataset:
     if info.name == "cifar10":
         folder = _find(root, info, ["cifar-10-batches-py", "cifar10/cifar-10-batches-py", ""], "batches.meta")
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        label_key, names = b"labels", _unpickle(folder / "batches.meta")[b"label_names"]
+        label_key, names = b"labels", _unpickle(folder / "batches.meta", [b"label_names"])[b"label_names"]
     else:
         folder = _find(root, info, ["cifar-100-python", "cifar100/cifar-100-python", ""], "meta")
         files = ["train" if split == "train" else "test"]
-        label_key, names = b"fine_labels", _unpickle(folder / "meta")[b"fine_label_names"]
-    parts = [_unpickle(folder / f) for f in files]
-    images = np.concatenate([_cifar_rows_to_hwc(p[b"data"]) for p in parts])
-    targets = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
-    return ArrayDataset(images, targets, [n.decode() for n in names])
+        label_key, names = b"fine_labels", _unpickle(folder / "meta", [b"fine_label_names"])[b"fine_label_names"]
+    parts = [_cifar_batch(folder / f, label_key) for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    targets = np.concatenate([p[1] for p in parts])
+    if targets.min() < 0 or targets.max() >= info.num_classes:
+        raise ValueError(f"{folder}: labels must be in 0..{info.num_classes - 1}, got {targets.min()}..{targets.max()}")
+    return ArrayDataset(images, targets, [n.decode() if isinstance(n, bytes) else str(n) for n in names])
+
+
+def _loadmat(path: Path) -> dict:
+    """A MATLAB file read with scipy, or ``ValueError`` naming the file when it is truncated or corrupt."""
+    from scipy.io import loadmat
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        return loadmat(path)
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError) as err:
+        raise ValueError(f"{path} is truncated or not a MATLAB .mat file ({err}); download it again") from err
+
+
+def _mat_field(mat: dict, key: str, path: Path) -> np.ndarray:
+    if key not in mat:
+        raise ValueError(
+            f"{path}: expected a variable {key!r}, found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
+    return mat[key]
 
 
 def _load_svhn(info: DatasetInfo, split: str, root: Optional[os.PathLike]) -> ArrayDataset:
-    from scipy.io import loadmat
-
     fname = f"{'train' if split == 'train' else 'test'}_32x32.mat"
     folder = _find(root, info, ["", "svhn", "SVHN"], fname)
-    mat = loadmat(folder / fname)
-    images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))  # (32, 32, 3, N) -> (N, 32, 32, 3)
-    targets = mat["y"].reshape(-1).astype(np.int64) % 10  # the digit 0 is stored as label 10
+    path = folder / fname
+    mat = _loadmat(path)
+    X, y = _mat_field(mat, "X", path), _mat_field(mat, "y", path)
+    if X.ndim != 4 or X.shape[:3] != (32, 32, 3) or y.size != X.shape[3]:
+        raise ValueError(f"{path}: expected X (32, 32, 3, N) and y (N, 1), got {X.shape} and {y.shape}")
+    images = np.ascontiguousarray(X.transpose(3, 0, 1, 2)).astype(np.uint8)  # (32, 32, 3, N) -> (N, 32, 32, 3)
+    targets = y.reshape(-1).astype(np.int64) % 10  # the digit 0 is stored as label 10
     return ArrayDataset(images, targets, [str(d) for d in range(10)])
 
 
 def _load_flowers(info: DatasetInfo, split: str, root: Optional[os.PathLike]) -> FileListDataset:
-    from scipy.io import loadmat
-
     folder = _find(root, info, ["flowers-102", "flowers102", ""], "setid.mat")
-    labels = loadmat(folder / "imagelabels.mat")["labels"].reshape(-1).astype(np.int64) - 1  # 1..102 -> 0..101
+    path = folder / "imagelabels.mat"
+    labels = _mat_field(_loadmat(path), "labels", path).reshape(-1).astype(np.int64) - 1  # 1..102 -> 0..101
     key = {"train": "trnid", "val": "valid", "test": "tstid"}[split]
-    ids = loadmat(folder / "setid.mat")[key].reshape(-1)
+    ids = _mat_field(_loadmat(folder / "setid.mat"), key, folder / "setid.mat").reshape(-1)
+    if len(ids) and (ids.min() < 1 or ids.max() > len(labels)):
+        raise ValueError(f"{folder / 'setid.mat'}: image ids must be in 1..{len(labels)}, got {ids.min()}..{ids.max()}")
     samples = [(folder / "jpg" / f"image_{i:05d}.jpg", int(labels[i - 1])) for i in ids]
     return FileListDataset(samples, [f"flower_{i:03d}" for i in range(1, 103)])
 

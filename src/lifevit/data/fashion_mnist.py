@@ -1,14 +1,22 @@
 """Fashion-MNIST from its original IDX files (gzipped or not), the embedded default data set.
 
-Looked for, in order: the ``root`` given by the user, ``$LIFEVIT_FASHION_MNIST``, Debian's package
-``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), and torchvision's download layout
-(``<root>/FashionMNIST/raw``). ``download=True`` uses torchvision's downloader for users with internet.
+Where the files are looked for:
+
+* a ``root`` given by the user is the only place looked in (the folder itself, torchvision's download layout
+  ``<root>/FashionMNIST/raw`` and ``<root>/fashion-mnist``): a root that does not exist, or does not hold the
+  four files, is refused with ``FileNotFoundError`` rather than silently replaced by another copy;
+* with no ``root``: ``$LIFEVIT_FASHION_MNIST`` when it is set (then only there, by the same rule), else Debian's
+  package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+
+``download=True`` uses torchvision's downloader (into ``root``, default ``./data``) when no copy is found.
+A truncated or corrupt file raises ``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -44,11 +52,18 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(
+            f"{path} is truncated or not a valid gzip file ({err}); expected a gzipped IDX file, download it again"
+        ) from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (expected a 0x0000 magic number and a known type code)")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its IDX header needs {4 + 4 * ndim} bytes, the file has {len(data)}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -94,19 +109,24 @@ def _find_file(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def _candidates(root: Optional[os.PathLike]) -> List[Path]:
-    out: List[Path] = []
-    if root is not None:
-        out += [Path(root), Path(root) / "FashionMNIST" / "raw", Path(root) / "fashion-mnist"]
-    if os.environ.get("LIFEVIT_FASHION_MNIST"):
-        out.append(Path(os.environ["LIFEVIT_FASHION_MNIST"]))
-    out.append(DEBIAN_ROOT)
-    return out
+def _candidates(root: Optional[os.PathLike]) -> Tuple[List[Path], Optional[Path]]:
+    """Folders to look in, and the explicit root they come from (``None`` when the system copy is looked for)."""
+    if root is None and os.environ.get("LIFEVIT_FASHION_MNIST"):
+        root = os.environ["LIFEVIT_FASHION_MNIST"]
+    if root is None:
+        return [DEBIAN_ROOT], None
+    root = Path(root)
+    return [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"], root
 
 
 def find_fashion_mnist(root: Optional[os.PathLike] = None, download: bool = False) -> Path:
-    """The folder holding the four Fashion-MNIST IDX files; raises ``FileNotFoundError`` saying where it looked."""
-    looked = _candidates(root)
+    """The folder holding the four Fashion-MNIST IDX files (see the module docs for where it looks).
+
+    Raises:
+        FileNotFoundError: The root does not exist or no folder looked in holds the four files; the message says
+            where it looked and how to get the data.
+    """
+    looked, explicit = _candidates(root)
     for folder in looked:
         if all(_find_file(folder, s) for pair in _FILES.values() for s in pair):
             return folder
@@ -117,13 +137,20 @@ def find_fashion_mnist(root: Optional[os.PathLike] = None, download: bool = Fals
         TVFashionMNIST(str(target), train=True, download=True)
         TVFashionMNIST(str(target), train=False, download=True)
         return target / "FashionMNIST" / "raw"
-    places = "\n  ".join(str(p) for p in looked)
-    raise FileNotFoundError(
-        "Fashion-MNIST not found. Looked for train/t10k *-idx?-ubyte[.gz] files in:\n  "
-        f"{places}\nGet it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs to "
-        f"{DEBIAN_ROOT}), or download it (`--download`, or the files from "
-        "https://github.com/zalandoresearch/fashion-mnist) into a folder passed as --data-root."
+    how = (
+        f"Get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs to {DEBIAN_ROOT}), "
+        "or download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist into the root"
     )
+    if explicit is not None and not explicit.exists():
+        raise FileNotFoundError(
+            f"Fashion-MNIST root {explicit} does not exist; expected a folder with {_names()}. {how}"
+        )
+    places = ", ".join(str(p) for p in looked)
+    raise FileNotFoundError(f"Fashion-MNIST not found: none of {places} holds {_names()}. {how}")
+
+
+def _names() -> str:
+    return ", ".join(f"{s}[.gz]" for pair in _FILES.values() for s in pair)
 
 
 def load_fashion_mnist(split: str = "train", root: Optional[os.PathLike] = None) -> Tuple[np.ndarray, np.ndarray]:

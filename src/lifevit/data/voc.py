@@ -9,22 +9,27 @@ tensors and checks it:
   the XML's); boxes left with no area are dropped with a warning naming the file.
 * ``difficult`` objects are kept and flagged in ``target["iscrowd"]`` so the evaluation ignores them, like VOC.
 * An image with no objects gives empty ``boxes`` (0, 4) and ``labels`` (0,).
-* A malformed XML file, a missing ``bndbox`` / coordinate, or an unknown class name raises ``ValueError``
-  naming the annotation file.
+* A malformed XML file, a missing ``bndbox``, a coordinate that is missing or not a finite number (``nan``,
+  ``inf``), a ``<difficult>`` other than 0 or 1, an unknown class name, or a ``<size>`` that disagrees with the
+  image file raises ``ValueError`` naming the annotation file; a listed image or annotation that is missing
+  raises ``FileNotFoundError``. Images are read with :func:`lifevit.data.images.read_image` (an empty, truncated
+  or non-image file raises ``ValueError`` naming it).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import VOCDetection
+
+from .images import read_image
 
 __all__ = ["VOC_CLASSES", "VOCDetectionDataset", "find_voc_root", "parse_voc_objects"]
 
@@ -49,10 +54,37 @@ def find_voc_root(root: os.PathLike, year: str) -> Path:
 
 
 def _num(obj: Dict[str, Any], key: str, path: str) -> float:
+    if key not in obj:
+        raise ValueError(f"malformed annotation {path}: <bndbox> has no <{key}>; expected a pixel coordinate")
     try:
-        return float(obj[key])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"malformed annotation {path}: bndbox field {key!r} missing or not a number") from err
+        value = float(obj[key])
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"malformed annotation {path}: <{key}> is {obj[key]!r}; expected a finite pixel coordinate")
+    return value
+
+
+def _difficult(obj: Dict[str, Any], path: str) -> int:
+    raw = obj.get("difficult", "0")
+    text = str(raw).strip() if isinstance(raw, (str, int)) else None
+    if text not in ("", "0", "1"):
+        raise ValueError(f"malformed annotation {path}: <difficult> is {raw!r}; expected 0 or 1")
+    return int(text or 0)
+
+
+def _check_size(ann: Dict[str, Any], image_size: Tuple[int, int], path: str) -> None:
+    """Refuse an XML ``<size>`` that disagrees with the image (the boxes would be in another frame)."""
+    size = ann.get("size")
+    if not isinstance(size, dict):
+        return
+    try:
+        w, h = int(float(size.get("width", 0))), int(float(size.get("height", 0)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"malformed annotation {path}: <size> is {size}; expected integer width and height") from err
+    H, W = image_size
+    if w > 0 and h > 0 and (w, h) != (W, H):  # 0 or missing: some annotation tools leave it out
+        raise ValueError(f"annotation {path}: <size> says {w}x{h} (width x height) but the image is {W}x{H}")
 
 
 def parse_voc_objects(
@@ -71,6 +103,7 @@ def parse_voc_objects(
     """
     if "annotation" not in ann or not isinstance(ann["annotation"], dict):
         raise ValueError(f"malformed annotation {path}: expected an <annotation> root element")
+    _check_size(ann["annotation"], image_size, path)
     objects = ann["annotation"].get("object", [])
     if isinstance(objects, dict):
         objects = [objects]
@@ -88,6 +121,7 @@ def parse_voc_objects(
         bb = obj["bndbox"]
         x0, y0 = _num(bb, "xmin", path) - 1, _num(bb, "ymin", path) - 1
         x1, y1 = _num(bb, "xmax", path), _num(bb, "ymax", path)
+        is_difficult = _difficult(obj, path)
         x0, x1 = min(max(x0, 0.0), W), min(max(x1, 0.0), W)
         y0, y1 = min(max(y0, 0.0), H), min(max(y1, 0.0), H)
         if x1 <= x0 or y1 <= y0:
@@ -95,7 +129,7 @@ def parse_voc_objects(
             continue
         boxes.append([x0, y0, x1, y1])
         labels.append(class_to_idx[name])
-        difficult.append(int(str(obj.get("difficult", "0")).strip() or 0))
+        difficult.append(is_difficult)
     if dropped:
         logger.warning("%s: dropped %d box(es) with no area inside the %dx%d image", path, dropped, W, H)
     return {
@@ -157,7 +191,7 @@ class VOCDetectionDataset(Dataset):
         img_path = self.items[index][0]
         if not os.path.isfile(img_path):
             raise FileNotFoundError(f"image {img_path} listed in the image set does not exist")
-        image = Image.open(img_path).convert("RGB")
+        image = read_image(img_path, "RGB")
         W, H = image.size
         target = self.load_target(index, (H, W))
         target["image_id"] = torch.tensor(index)
