@@ -32,10 +32,11 @@ from typing import Any, Dict, List
 import torch
 import yaml
 
+from lifevit.engine import fit
 from lifevit.profile import count_macs, count_params
 from lifevit.tasks.detection.config import class_names, config_from_dict
-from lifevit.tasks.detection.engine import fit
 from lifevit.tasks.detection.model import build_detector
+from lifevit.tasks.detection.task import DetectionTask
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
             values["model"].update(backbone=bb, head=head)
             values["train"]["threads"] = args.threads
             values["train"]["max_minutes"] = 0
-            values["train"]["eval_every"] = args.eval_every
+            values["train"]["eval_interval"] = args.eval_every
+            values["train"]["progress"] = sys.stderr.isatty()
             if args.epochs:
                 values["train"]["epochs"] = args.epochs
             cfg = config_from_dict(values)
@@ -109,8 +111,8 @@ def main(argv=None) -> int:
                 "img_size": cfg.data.img_size,
             }
             if not args.cost_only:
-                summary = fit(cfg, out / f"{bb}+{head}", progress=sys.stderr.isatty())
-                row.update({k: summary["final"].get(k) for k in ("map_50", "map", "f1", "precision", "recall")})
+                summary = fit(DetectionTask(cfg), out / f"{bb}+{head}")
+                row.update({k: summary.get(k) for k in ("map_50", "map", "f1", "precision", "recall")})
                 row.update(
                     epochs=summary["epochs"],
                     train_cpu_seconds=summary["train_cpu_seconds"],

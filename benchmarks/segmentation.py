@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+import yaml
+
 from lifevit.profile import count_macs, count_params
 from lifevit.runtime import keep_freed_memory
 from lifevit.tasks.segmentation import ModelConfig, build_segmenter, config_from_dict
@@ -111,7 +113,7 @@ def canvas_runs(
         logger.info("%s", " ".join(cmd))
         measured = _run_measured(cmd, dict(os.environ, OMP_NUM_THREADS=str(threads)))
         summary = json.loads((run_dir / "summary.json").read_text())
-        used = config_from_dict(json.loads((run_dir / "config.json").read_text()))  # with the --set overrides
+        used = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))  # with the --set overrides
         model = build_segmenter(used.model)
         params, gmacs = count_params(model), count_macs(model, (3, *used.model.img_size)) / 1e9
         del model
@@ -127,14 +129,14 @@ def canvas_runs(
                 test_scales=list(used.inference.scales),
                 test_flip=used.inference.flip,
                 mIoU=round(summary["mIoU"], 4),
-                best_mIoU=round(summary["best_mIoU"], 4),
+                best_mIoU=round(summary["best_score"], 4),  # summary["score_key"] is mIoU
                 pixel_acc=round(summary["pixel_acc"], 4),
                 params_m=round(params / 1e6, 3),
                 gmacs=round(gmacs, 4),
                 wall_s=round(measured["wall_s"], 1),
                 cpu_s=round(measured["cpu_s"], 1),
                 peak_rss_mb=round(measured["max_rss_kb"] / 1024, 1),
-                curve=[(r["epoch"], round(r["val_mIoU"], 4)) for r in history if "val_mIoU" in r],
+                curve=[(r["epoch"], round(r["eval_mIoU"], 4)) for r in history if "eval_mIoU" in r],
                 per_class_iou={k: round(v, 4) for k, v in summary["per_class_iou"].items()},
             )
         )

@@ -1,4 +1,5 @@
-"""``lifevit train`` / ``eval`` / ``compare`` end to end on a tiny Fashion-MNIST fixture (real IDX files)."""
+"""``lifevit classify train`` / ``eval`` / ``predict`` (and the ``lifevit train`` / ``eval`` aliases) and ``compare``
+end to end on a tiny Fashion-MNIST fixture (real IDX files)."""
 
 import json
 import os
@@ -17,7 +18,7 @@ TINY = [
     "--set",
     "model.kwargs={embed_dim: 24, depth: 1, num_heads: 2, mlp_ratio: 1.0}",
     "--set",
-    "tensorboard=false",
+    "train.tensorboard=false",
     "--set",
     "aug.hflip=0",
     "--batch-size",
@@ -46,6 +47,7 @@ def root(tmp_path_factory):
 def _train(root, out, *extra):
     return main(
         [
+            "classify",
             "train",
             "--model",
             "vit_lite_patch4_28",
@@ -75,17 +77,42 @@ def test_train_eval_and_refusal_to_overwrite(root, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert f"top-1 {summary['top1']:.2f}%" in out and "Ankle boot" in out
-    assert (tmp_path / "run" / "eval-fashion_mnist-test" / "confusion.png").is_file()
+    # the same through the task's grammar, with a weights file
+    weights = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    assert main(["classify", "eval", "--checkpoint", str(weights), "--output", str(tmp_path / "ev"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(summary["top1"])
+    with pytest.raises(SystemExit):
+        main(["classify", "eval", str(weights)])  # the checkpoint is never positional
+
+    from PIL import Image
+
+    images, labels = _images(1, 3)
+    for i in range(2):
+        Image.fromarray(images[i]).save(tmp_path / f"img{i}.png")
+    preds = tmp_path / "preds.json"
+    args = ["classify", "predict", "--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "img0.png")]
+    assert main([*args, str(tmp_path / "img1.png"), "--output", str(preds), "--top-k", "3"]) == 0
+    got = json.loads(preds.read_text())
+    assert [r["image"] for r in got] == [str(tmp_path / "img0.png"), str(tmp_path / "img1.png")]
+    assert [len(r["top"]) for r in got] == [3, 3] and all(isinstance(t["class"], str) for r in got for t in r["top"])
+    assert all(0.0 <= t["probability"] <= 1.0 for r in got for t in r["top"])
+
+    # eval's default folder: <run>/eval-<the checkpoint's data set>-<split>
+    assert (tmp_path / "run" / "eval-fashion_mnist-test" / "confusion.png").is_file(), sorted(
+        p.name for p in (tmp_path / "run").iterdir()
+    )
     ev = json.loads((tmp_path / "run" / "eval-fashion_mnist-test" / "eval.json").read_text())
     assert ev["top1"] == pytest.approx(summary["top1"]) and len(ev["per_class_acc"]) == 10
 
 
 def test_config_errors_are_clean(root, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("optim:\n  lrr: 0.1\n")
+    bad.write_text("train:\n  lrr: 0.1\n")
     assert _train(root, tmp_path / "r", "--config", str(bad)) == 2
     err = capsys.readouterr().err
-    assert "unknown config key(s) 'optim.lrr'" in err and "valid keys of optim: opt, lr" in err
+    assert "unknown config key(s) 'train.lrr'" in err and "valid keys of train: epochs, batch_size" in err
+    assert _train(root, tmp_path / "r1", "--set", "train.epochs=2.5") == 2
+    assert "config key 'train.epochs' expects an integer" in capsys.readouterr().err
     assert _train(root, tmp_path / "r2", "--config", str(tmp_path / "missing.yaml")) == 2
     assert "missing.yaml not found" in capsys.readouterr().err
     assert (
@@ -101,6 +128,20 @@ def test_resume_extends_a_finished_run(root, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2
+    # the resumed run's config.yaml is the base; the flag changed it and the new value was written back
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["train"]["batch_size"] == 20
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_checkpoint_initialises_a_new_run(root, tmp_path):
+    assert _train(root, tmp_path / "a", "--train-samples", "50") == 0
+    assert _train(root, tmp_path / "b", "--train-samples", "50", "--checkpoint", str(tmp_path / "a")) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["epochs"] == 1
+    assert main(["classify", "train", "--resume", str(tmp_path / "b"), "--output", str(tmp_path / "c")]) == 2
 
 
 def test_compare_trains_then_reads_runs(root, tmp_path, capsys):
@@ -152,7 +193,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(root, tmp_path):
     base = [sys.executable, "-m", "lifevit", "train", *common]
     subprocess.run([*base, "--output", str(tmp_path / "full")], check=True, env=env, capture_output=True)
     proc = subprocess.Popen(
-        [*base, "--output", str(tmp_path / "killed"), "--set", "checkpoint_interval=1"],
+        [*base, "--output", str(tmp_path / "killed"), "--set", "train.checkpoint_interval=1"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -130,6 +130,15 @@ def test_config_values_are_checked():
         config_from_dict({"train": {"lr": "fast"}})
     with pytest.raises(ValueError, match=r"unknown config key\(s\) 'model.heads'; valid keys of model:"):
         config_from_dict({"model": {"heads": "encdec"}})
+    # keys that moved are refused at their old place, and read at their new one
+    for section, key in (("train", "eval_every"), ("train", "score_threshold"), ("data", "num_workers")):
+        with pytest.raises(ValueError, match=rf"unknown config key\(s\) '{section}.{key}'"):
+            config_from_dict({section: {key: 1}})
+    cfg = config_from_dict(
+        {"train": {"eval_interval": 2, "min_lr": 1e-6}, "inference": {"score_threshold": 0.5}, "data": {"workers": 1}}
+    )
+    assert (cfg.train.eval_interval, cfg.inference.score_threshold, cfg.data.workers) == (2, 0.5, 1)
+    assert cfg.train.min_lr == 1e-6  # an absolute learning rate now
     with pytest.raises(ValueError, match="config key 'model.lifeify' expects true or false, got 'yes'"):
         config_from_dict({"model": {"lifeify": "yes"}})
     assert config_from_dict({"model": {"life_kernel_sizes": [3, 3]}}).model.life_kernel_sizes == (3, 3)

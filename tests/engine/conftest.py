@@ -1,12 +1,13 @@
-"""Fixtures: a tiny, learnable Fashion-MNIST written in the real IDX format, and a tiny training config."""
+"""Fixtures: a tiny, learnable Fashion-MNIST written in the real IDX format, and a tiny classification config."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lifevit.config import load_config
+from lifevit.config import build_config
 from lifevit.data.fashion_mnist import write_fashion_mnist
+from lifevit.tasks.classification import ClassificationConfig
 
 
 def synthetic_fashion(n_per_class: int, seed: int):
@@ -30,22 +31,22 @@ def fmnist_root(tmp_path_factory):
 TINY = [
     "model.name=vit_lite_patch4_28",
     "model.kwargs={embed_dim: 24, depth: 1, num_heads: 2, mlp_ratio: 1.0}",
-    "data.batch_size=20",
     "data.eval_batch_size=50",
-    "optim.warmup_epochs=1",
-    "optim.lr=0.01",
     "aug.hflip=0.0",
     "aug.crop_padding=0",
-    "epochs=2",
-    "threads=1",
-    "progress=false",
-    "tensorboard=false",
+    "train.batch_size=20",
+    "train.warmup_epochs=1",
+    "train.lr=0.01",
+    "train.epochs=2",
+    "train.threads=1",
+    "train.progress=false",
+    "train.tensorboard=false",
 ]
 
 
 @pytest.fixture
 def tiny_cfg(fmnist_root):
     def make(*overrides: str):
-        return load_config(overrides=[*TINY, f"data.root={fmnist_root}", *overrides])
+        return build_config(ClassificationConfig, overrides=[*TINY, f"data.root={fmnist_root}", *overrides])
 
     return make

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from timm.utils import ModelEmaV3
 
 import lifevit  # noqa: F401
-from lifevit.engine import create_model_from_checkpoint, load_checkpoint, save_checkpoint
+from lifevit.engine import create_model_from_checkpoint, load_checkpoint, load_training_state, save_checkpoint
 
 META = {"task": "classification", "model": "vit_lite_patch4_28_life", "model_kwargs": {"num_classes": 7}}
 
@@ -30,8 +30,18 @@ def test_roundtrip_rebuilds_model_from_file_alone(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     ckpt = load_checkpoint(tmp_path)  # a folder resolves to last.safetensors
     assert ckpt.epoch == 4 and ckpt.meta == META
-    assert ckpt.training_state["extra"] == {"k": 3}
-    assert set(ckpt.training_state["optimizer"]) == {"state", "param_groups"}
+    assert not hasattr(ckpt, "training_state")  # the weights file alone: no training state is read
+    assert (tmp_path / "last.state.json").is_file() and (tmp_path / "last.state.safetensors").is_file()
+    assert not list(tmp_path.glob("*.pt"))  # nothing pickled
+    state = load_training_state(ckpt)
+    assert state["epoch"] == 4 and state["extra"] == {"k": 3}
+    assert set(state["optimizer"]) == {"state", "param_groups"}
+    restored = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    restored.load_state_dict(state["optimizer"])
+    for pid, entry in opt.state_dict()["state"].items():
+        for key, value in entry.items():
+            got = restored.state_dict()["state"][pid][key]
+            assert torch.equal(torch.as_tensor(got), torch.as_tensor(value)), (pid, key)
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model_state[k], v)
     rebuilt = create_model_from_checkpoint(path).eval()
@@ -46,15 +56,28 @@ def test_roundtrip_rebuilds_model_from_file_alone(tmp_path):
     assert "head.weight" in raw and "ema::head.weight" in raw
 
 
-def test_mismatched_training_state_is_ignored(tmp_path, caplog):
+def test_mismatched_training_state_is_refused(tmp_path):
     model, opt, _ = _trained_pair()
     save_checkpoint(tmp_path, model=model, meta=META, epoch=1, optimizer=opt)
-    stale = (tmp_path / "last.train.pt").read_bytes()
+    stale = {n: (tmp_path / n).read_bytes() for n in ("last.state.json", "last.state.safetensors")}
     save_checkpoint(tmp_path, model=model, meta=META, epoch=2, optimizer=opt)
-    (tmp_path / "last.train.pt").write_bytes(stale)  # as if the run died between the two moves
+    for n, data in stale.items():
+        (tmp_path / n).write_bytes(data)  # as if the run died between the moves
     ckpt = load_checkpoint(tmp_path / "last.safetensors")
-    assert ckpt.epoch == 2 and ckpt.training_state is None
-    assert "does not belong" in caplog.text
+    assert ckpt.epoch == 2  # the weights still load
+    with pytest.raises(ValueError, match="belongs to other weights"):
+        load_training_state(ckpt)
+    (tmp_path / "last.state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not readable"):
+        load_training_state(ckpt)
+
+
+def test_legacy_pickle_is_never_opened(tmp_path):
+    model, _, _ = _trained_pair()
+    save_checkpoint(tmp_path, model=model, meta=META, epoch=1)
+    (tmp_path / "last.train.pt").write_bytes(b"not opened")
+    with pytest.raises(ValueError, match="pickled training state.*never opened"):
+        load_training_state(load_checkpoint(tmp_path))
 
 
 def test_errors_name_what_was_expected(tmp_path):
@@ -64,6 +87,14 @@ def test_errors_name_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing")
     path = save_checkpoint(tmp_path, model=model, meta=META, epoch=0, name="best")
-    assert not (tmp_path / "best.train.pt").exists()
+    assert not (tmp_path / "best.state.json").exists() and not (tmp_path / "best.state.safetensors").exists()
+    with pytest.raises(ValueError, match="no training state"):
+        load_training_state(load_checkpoint(path))
+    for content in (b"", b"garbage bytes"):
+        bad = tmp_path / "bad" / "last.safetensors"
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match="not a readable lifevit checkpoint"):
+            load_checkpoint(bad)
     with pytest.raises(ValueError, match="no EMA weights"):
         create_model_from_checkpoint(path, use_ema=True)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifevit.engine.losses import ClassificationCriterion, DistillationCriterion
+from lifevit.tasks.classification.criterion import ClassificationCriterion, DistillationCriterion
 
 
 class _Fixed(nn.Module):

@@ -12,15 +12,35 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_prepare_output_dir_never_overwrites(tmp_path):
-    run = prepare_output_dir(tmp_path / "a" / "run")
+    run = tmp_path / "a" / "run"
+    assert prepare_output_dir(run) == "new"
     assert run.is_dir()
-    prepare_output_dir(run)  # still empty: fine
+    assert prepare_output_dir(run) == "new"  # still empty: fine
     (run / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match="already exists and is not empty.*--resume"):
         prepare_output_dir(run)
-    assert prepare_output_dir(run, resume=True) == run
+    with pytest.raises(ValueError, match="cannot resume.*no checkpoints/last.safetensors"):
+        prepare_output_dir(run, resume=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.safetensors").write_bytes(b"")
+    assert prepare_output_dir(run, resume=True) == "resume"
+    assert (run / "summary.json").is_file()  # nothing removed
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare_output_dir(tmp_path / "nope", resume=True)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "metrics.jsonl").write_text("")
+    assert prepare_output_dir(run) == "restart"
+    assert not any(run.iterdir())  # only the engine's own files were there, and they are gone
+    (run / "config.yaml").write_text("train: {}\n")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        prepare_output_dir(run)  # someone else's file: never touched
+    assert (run / "notes.txt").read_text() == "mine"
 
 
 def test_metrics_logger_appends_and_truncates(tmp_path):

@@ -5,14 +5,18 @@ import json
 import pytest
 import torch
 
-from lifevit.engine import load_checkpoint
-from lifevit.engine.classification import NonFiniteLossError, evaluate_checkpoint, train
+from lifevit.engine import NonFiniteLossError, fit, load_checkpoint, load_training_state
 from lifevit.engine.rundir import read_jsonl
+from lifevit.tasks.classification import ClassificationTask, evaluate_checkpoint
+
+
+def train(cfg, output_dir=None, **kwargs):
+    return fit(ClassificationTask(cfg), output_dir, **kwargs)
 
 
 def test_run_folder_contents_and_learning(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny_cfg("epochs=3"), run)
+    summary = train(tiny_cfg("train.epochs=3"), run)
     for name in (
         "config.yaml",
         "metrics.jsonl",
@@ -20,26 +24,48 @@ def test_run_folder_contents_and_learning(tiny_cfg, tmp_path):
         "curves.png",
         "confusion.png",
         "checkpoints/last.safetensors",
-        "checkpoints/last.train.pt",
+        "checkpoints/last.state.json",
+        "checkpoints/last.state.safetensors",
         "checkpoints/best.safetensors",
     ):
         assert (run / name).is_file(), name
+    assert not list(run.glob("checkpoints/*.pt")) and not (run / "config.json").exists()  # no pickles, YAML config
     saved = json.loads((run / "summary.json").read_text())
-    for key in ("model", "dataset", "params", "gmacs", "top1", "top5", "ema_top1", "epochs", "train_seconds"):
+    for key in (
+        "task",
+        "model",
+        "dataset",
+        "params",
+        "gmacs",
+        "top1",
+        "top5",
+        "ema_top1",
+        "score_key",
+        "best_score",
+        "best_epoch",
+        "epochs",
+        "train_seconds",
+    ):
         assert key in saved, key
     assert saved["model"] == "vit_lite_patch4_28" and saved["dataset"] == "fashion_mnist"
-    assert saved["train_samples"] == 200 and saved["eval_samples"] == 100 and saved["epochs"] == 3
+    assert saved["task"] == "classification" and saved["score_key"] == "top1"
+    assert saved["train_samples"] == 200 and saved["num_samples"] == 100 and saved["epochs"] == 3
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert summary["top1"] > 30  # 10 classes: chance is 10 %
     assert summary["top1"] == records[-1]["eval_top1"]
+    assert not any(k.startswith("val_") for r in records for k in r)  # the old val_* keys are gone
+    assert saved["best_score"] == max(r["eval_top1"] for r in records)
+    assert records[saved["best_epoch"] - 1]["eval_top1"] == saved["best_score"]
     with pytest.raises(ValueError, match="already exists and is not empty"):
         train(tiny_cfg(), run)
+    # metrics.jsonl logs the EMA's evaluation as ema_<metric> (the run-folder layout of lifevit.engine.trainer)
+    assert summary["ema_top1"] == records[-1].get("ema_top1"), sorted(records[-1])
 
 
 def test_class_balanced_subset_and_eval_checkpoint_matches(tiny_cfg, tmp_path):
-    summary = train(tiny_cfg("data.train_samples=50", "epochs=1"), tmp_path / "r")
+    summary = train(tiny_cfg("data.train_samples=50", "train.epochs=1"), tmp_path / "r")
     assert summary["train_samples"] == 50
     result = evaluate_checkpoint(tmp_path / "r", output_dir=tmp_path / "ev")
     assert result["model"] == "vit_lite_patch4_28"
@@ -50,9 +76,9 @@ def test_class_balanced_subset_and_eval_checkpoint_matches(tiny_cfg, tmp_path):
 
 
 def test_fixed_seed_is_deterministic_and_seed_matters(tiny_cfg):
-    a = train(tiny_cfg("epochs=1"))
-    b = train(tiny_cfg("epochs=1"))
-    c = train(tiny_cfg("epochs=1", "seed=1"))
+    a = train(tiny_cfg("train.epochs=1"))
+    b = train(tiny_cfg("train.epochs=1"))
+    c = train(tiny_cfg("train.epochs=1", "train.seed=1"))
     assert a["train_loss"] == b["train_loss"] and a["top1"] == b["top1"] and a["ema_top1"] == b["ema_top1"]
     assert a["train_loss"] != c["train_loss"]
 
@@ -62,7 +88,7 @@ class _Stop(Exception):
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("epochs=3", "aug.reprob=0.5", "model.drop_path=0.2")  # exercises every RNG stream
+    cfg = tiny_cfg("train.epochs=3", "aug.reprob=0.5", "model.drop_path=0.2")  # exercises every RNG stream
     full = train(cfg, tmp_path / "full")
 
     def stop_after_two(epoch, record):
@@ -82,7 +108,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    from lifevit.engine import losses
+    from lifevit.tasks.classification import criterion as losses
 
     calls = {"n": 0}
     original = losses.ClassificationCriterion.forward
@@ -93,21 +119,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monke
         return loss * float("nan") if calls["n"] > 12 else loss  # 10 steps per epoch
 
     monkeypatch.setattr(losses.ClassificationCriterion, "forward", nan_in_epoch_two)
-    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 2.*last good checkpoint"):
-        train(tiny_cfg("epochs=3"), tmp_path / "run")
+    # the 13th step is the 3rd of the 2nd epoch (epochs and steps count from 1)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2, step 3.*last good checkpoint"):
+        train(tiny_cfg("train.epochs=3"), tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints")
-    assert ckpt.epoch == 1 and ckpt.training_state is not None
+    assert ckpt.epoch == 1 and load_training_state(ckpt)["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
 
 def test_distillation_from_a_checkpoint_teacher(tiny_cfg, tmp_path):
-    train(tiny_cfg("epochs=1"), tmp_path / "teacher")
+    train(tiny_cfg("train.epochs=1"), tmp_path / "teacher")
     student = [
         "model.name=deit_tiny_distilled_patch16_224_life",
         "model.img_size=28",
         "model.in_chans=1",
         "model.kwargs={patch_size: 4, embed_dim: 24, depth: 1, num_heads: 2}",
-        "epochs=1",
+        "train.epochs=1",
     ]
     for kind in ("hard", "soft"):
         s = train(tiny_cfg(*student, "distill.type=" + kind, f"distill.teacher={tmp_path / 'teacher'}"))
@@ -125,8 +152,8 @@ def test_paper_recipe_path_timm_transforms_mixup_cutmix(tiny_cfg):
         "aug.cutmix=1.0",
         "aug.reprob=0.25",
         "aug.scale=[0.35, 1.0]",
-        "epochs=1",
+        "train.epochs=1",
     )
     s1, s2 = train(cfg), train(cfg)
-    assert s1["train_samples"] == 200 and s1["eval_samples"] == 100
+    assert s1["train_samples"] == 200 and s1["num_samples"] == 100
     assert s1["train_loss"] == s2["train_loss"]  # deterministic with the PIL pipeline too
