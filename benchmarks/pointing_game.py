@@ -4,9 +4,10 @@ For every validation canvas and every Fashion-MNIST class c present in its groun
 map over the 12 x 12 token grid of a dense model trained with and without LIFE:
 
 * ``--task segmentation`` (default): ViT-lite backbone (8 px patches) + linear decoder, trained by the
-  segmentation engine (``lifevit.tasks.segmentation.fit``, config ``configs/segmentation/canvas_vit_lite_life.yaml``);
+  engine (``lifevit.engine.fit`` of a ``SegmentationTask``, config ``configs/segmentation/canvas_vit_lite_life.yaml``);
 * ``--task detection``: ViT-lite backbone + EncDec head (``encdec`` for the plain backbone, ``encdec_life`` for the
-  LIFE one), trained by the detection engine (config ``configs/detection/canvas_vitlite_life_encdec_life.yaml``).
+  LIFE one), trained by the engine as a ``DetectionTask``
+  (config ``configs/detection/canvas_vitlite_life_encdec_life.yaml``).
 
 Methods:
 
@@ -68,8 +69,9 @@ def make_data(out: Path, num_train: int, num_val: int, seed: int) -> Path:
 
 
 def train(backbone: str, data_root: Path, out: Path, epochs: int, seed: int, threads: int) -> Path:
+    from lifevit.engine import fit
     from lifevit.tasks.segmentation import config_from_dict
-    from lifevit.tasks.segmentation.engine import fit
+    from lifevit.tasks.segmentation.task import SegmentationTask
 
     run = out / "runs" / backbone
     ckpt = run / "checkpoints" / "last.safetensors"
@@ -86,8 +88,8 @@ def train(backbone: str, data_root: Path, out: Path, epochs: int, seed: int, thr
     raw["inference"].update(flip=False, scales=[1.0])
     raw["data"]["root"] = str(data_root / "cityscapes")
     raw["data"]["label_table"] = str(data_root / "cityscapes" / "canvas_classes.json")
-    raw["train"].update(epochs=epochs, eval_every=epochs, seed=seed, threads=threads)
-    summary = fit(config_from_dict(raw), run)
+    raw["train"].update(epochs=epochs, eval_interval=epochs, seed=seed, threads=threads)
+    summary = fit(SegmentationTask(config_from_dict(raw)), run)
     _logger.info("%s: mIoU %.4f after %d epochs", backbone, summary["mIoU"], epochs)
     return ckpt
 
@@ -100,19 +102,22 @@ def train_detector(
 ) -> Path:
     """Detector with the canvas acceptance config (``configs/detection/canvas_vitlite_life_encdec_life.yaml``),
     the backbone swapped; the plain backbone gets the plain ``encdec`` head, the LIFE one ``encdec_life``."""
+    from lifevit.engine import fit
     from lifevit.tasks.detection import config_from_dict
-    from lifevit.tasks.detection.engine import fit
+    from lifevit.tasks.detection.task import DetectionTask
 
     run = out / "det_runs" / backbone
-    ckpt = run / "last.safetensors"
+    ckpt = run / "checkpoints" / "last.safetensors"
     if ckpt.is_file():
         _logger.info("reusing %s", ckpt)
         return ckpt
     raw = yaml.safe_load((ROOT / "configs" / "detection" / "canvas_vitlite_life_encdec_life.yaml").read_text())
     raw["model"].update(backbone=backbone, head=DETECTION_HEADS[backbone])
     raw["data"]["root"] = str(data_root)
-    raw["train"].update(epochs=epochs, eval_every=epochs, seed=seed, threads=threads, max_minutes=max_minutes)
-    summary = fit(config_from_dict(raw), run, progress=False)
+    raw["train"].update(
+        epochs=epochs, eval_interval=epochs, seed=seed, threads=threads, max_minutes=max_minutes, progress=False
+    )
+    summary = fit(DetectionTask(config_from_dict(raw)), run)
     _logger.info("detector %s: %s", backbone, {k: v for k, v in summary.items() if "map" in k})
     return ckpt
 
@@ -145,15 +150,15 @@ def pointing_game(
     from lifevit.explain import class_token_map, explain
 
     if task == "segmentation":
-        from lifevit.tasks.segmentation.engine import load_segmenter
+        from lifevit.tasks.segmentation.task import load_model
 
-        model, cfg, _ = load_segmenter(ckpt)
+        model, cfg, _ = load_model(ckpt)
         mean, std, offset = cfg.data.mean, cfg.data.std, 0
     else:
-        from lifevit.tasks.detection.engine import load_detector
+        from lifevit.tasks.detection.task import load_model
         from lifevit.tasks.detection.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-        model, _, _ = load_detector(ckpt)
+        model, _, _ = load_model(ckpt)
         mean, std, offset = IMAGENET_MEAN, IMAGENET_STD, 1
     mean = torch.tensor(mean).view(1, 3, 1, 1)
     std = torch.tensor(std).view(1, 3, 1, 1)

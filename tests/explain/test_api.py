@@ -37,7 +37,7 @@ def test_classifier_rollout_reads_the_class_token_row():
     assert result.maps.shape == (2, 1, 28, 28) and result.classes == [-1]
     np.testing.assert_allclose(result.output.numpy(), model(x).detach().numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="method must be one of"):
-        explain(model, x, "gradcam")
+        explain(model, x, "lrp")
 
 
 def test_segmentation_dense_rollout_maps_and_predictions():
@@ -86,8 +86,8 @@ def test_detection_rollout_chains_backbone_and_encoder():
     x = torch.randn(1, 3, 32, 32)
     _, records = capture_attention(model, x, modules=["backbone.", "head.encoder."])
     assert [r.name for r in records] == [
-        "backbone.body.blocks.0.attn",
-        "backbone.body.blocks.1.attn",
+        "backbone.model.blocks.0.attn",
+        "backbone.model.blocks.1.attn",
         "head.encoder.0.attn",
     ]
     assert [r.num_prefix_tokens for r in records] == [1, 1, 0]

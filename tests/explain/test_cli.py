@@ -179,3 +179,61 @@ def test_cli_errors_are_clean(classifier_ckpt, segmentation_ckpt, tmp_path, caps
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["explain", "--checkpoint", str(classifier_ckpt), "--images", str(tmp_path / "nope.png")]) == 2
     assert "neither an image file nor a folder" in capsys.readouterr().err
+
+
+def test_output_names_keep_same_named_images_apart(tmp_path):
+    from lifevit.explain.files import output_names
+
+    a, b = tmp_path / "a" / "img.png", tmp_path / "b" / "sub" / "img.png"
+    c, d = tmp_path / "a" / "img.jpg", tmp_path / "other.png"
+    assert output_names([a, b, d]) == ["a__img", "b__sub__img", "other"]
+    assert output_names([a, c]) == ["img_png", "img_jpg"]
+    with pytest.raises(ValueError, match="same file more than once"):
+        output_names([a, a])
+
+
+def test_same_file_names_in_two_folders_get_two_outputs(classifier_ckpt, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    first, second = _grey_png(tmp_path / "x" / "img.png", seed=1), _grey_png(tmp_path / "y" / "img.png", seed=2)
+    out = tmp_path / "out"
+    args = ["explain", "--checkpoint", str(classifier_ckpt), "--images", str(first), str(second), "--output", str(out)]
+    assert main([*args, "--save-arrays"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["x__img_rollout.png", "y__img_rollout.png"]
+    arrays = np.load(out / "maps.npz")
+    assert sorted(arrays.files) == ["x__img", "y__img"]
+    assert not np.allclose(arrays["x__img"], arrays["y__img"])  # two different images, two different maps
+    summary = json.loads((out / "explain.json").read_text())
+    assert [e["name"] for e in summary["images"]] == ["x__img", "y__img"]
+
+
+@pytest.mark.parametrize("method", ["chefer", "gradcam", "random"])
+def test_baseline_methods_from_the_cli_match_the_api(method, classifier_ckpt, segmentation_ckpt, tmp_path):
+    img = _grey_png(tmp_path / "a.png")
+    out = tmp_path / method
+    base = ["explain", "--checkpoint", str(classifier_ckpt), "--images", str(img), "--output", str(out)]
+    assert main([*base, "--method", method, "--save-arrays"]) == 0
+    loaded = load_explainable(classifier_ckpt)
+    x, _ = loaded.preprocess(img)
+    expected = explain(loaded.model, x[None], method).maps[0]
+    np.testing.assert_allclose(np.load(out / "maps.npz")["a"], expected, rtol=1e-5, atol=1e-8)
+    assert (out / f"a_{method}.png").is_file()
+    # a segmentation checkpoint: one panel per class asked for
+    rgb = _rgb_png(tmp_path / "c.png")
+    seg_out = tmp_path / f"seg_{method}"
+    seg = ["explain", "--checkpoint", str(segmentation_ckpt), "--images", str(rgb), "--output", str(seg_out)]
+    assert main([*seg, "--method", method, "--class", "bag", "--class", "coat", "--save-arrays"]) == 0
+    assert np.load(seg_out / "maps.npz")["c"].shape == (2, 96, 96)
+
+
+def test_unknown_method_is_refused_with_the_choices(classifier_ckpt, tmp_path, capsys):
+    img = _grey_png(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as err:
+        main(["explain", "--checkpoint", str(classifier_ckpt), "--images", str(img), "--method", "lrp"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "invalid choice: 'lrp'" in message and "chefer" in message and "gradcam" in message
+    from lifevit.explain.files import ExplainConfig, explain_files
+
+    with pytest.raises(ValueError, match=r"--method must be one of rollout, dense-rollout, chefer.*got 'lrp'"):
+        explain_files(ExplainConfig(checkpoint=str(classifier_ckpt), images=[str(img)], method="lrp"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "AttentionRecorder",
     "attention_modules",
     "capture_attention",
+    "record_gradient",
     "windows_to_global",
 ]
 
@@ -52,6 +53,11 @@ class AttentionRecord:
         num_prefix_tokens: Tokens at the start of the sequence that are not on the grid.
         grid_size: (H, W) patch grid of the remaining ``N - num_prefix_tokens`` tokens, or None if unknown.
         windowed: True if the record was assembled from window attention (SwinV2).
+        source: The probability tensor exactly as the module fed it to ``attn_drop`` (window attention
+            ``(nW * B, heads, n, n)`` for SwinV2; the same tensor as ``attn`` otherwise). With
+            ``AttentionRecorder(detach=False)`` it is part of the autograd graph: gradients of the output are taken
+            with respect to it (:func:`record_gradient` maps them to the layout of ``attn``).
+        window: SwinV2: (grid, window, shift) that :func:`windows_to_global` used, else None.
     """
 
     name: str
@@ -59,6 +65,8 @@ class AttentionRecord:
     num_prefix_tokens: int = 0
     grid_size: Optional[Tuple[int, int]] = None
     windowed: bool = False
+    source: Optional[torch.Tensor] = field(default=None, repr=False)
+    window: Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]] = None
 
     @property
     def num_tokens(self) -> int:
@@ -112,6 +120,7 @@ def windows_to_global(
     grid_size: Tuple[int, int],
     window_size: Tuple[int, int],
     shift_size: Tuple[int, int] = (0, 0),
+    renormalize: bool = True,
 ) -> torch.Tensor:
     """Scatter SwinV2 window attention back to the global token grid, undoing the cyclic shift.
 
@@ -121,6 +130,8 @@ def windows_to_global(
         grid_size: (H, W) token grid of the stage (before padding).
         window_size: (wh, ww).
         shift_size: (sh, sw) cyclic shift of the block (0 for W-MSA).
+        renormalize: Renormalise the rows after dropping padding columns (probabilities); False scatters the
+            values only (e.g. gradients with respect to the window attention).
 
     Returns:
         ``(B, heads, H * W, H * W)``: entry (i, j) is the attention of token i to token j (row-major global
@@ -143,9 +154,21 @@ def windows_to_global(
     valid = (rows >= 0) & (cols >= 0)  # (nW, n, n)
     out = attn.new_zeros(B, heads, H * W, H * W)
     out[:, :, rows[valid], cols[valid]] = win[:, :, valid]  # each (row, col) pair occurs once
-    if (index < 0).any():  # padding tokens: drop their columns, renormalise the rows
+    if renormalize and (index < 0).any():  # padding tokens: drop their columns, renormalise the rows
         out = out / out.sum(-1, keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)
     return out
+
+
+def record_gradient(record: AttentionRecord, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to ``record.source`` in the layout of ``record.attn`` ``(B, heads, N, N)``.
+
+    For a window record the window gradients are scattered like the probabilities (entries between windows are 0,
+    padding is dropped without renormalising); for the others it is ``grad`` itself.
+    """
+    if record.window is None:
+        return grad
+    grid, window, shift = record.window
+    return windows_to_global(grad, grid, window, shift, renormalize=False)
 
 
 def _infer_layout(num_tokens: int, grid_size: Optional[Tuple[int, int]]) -> Tuple[int, Optional[Tuple[int, int]]]:
@@ -257,8 +280,8 @@ class AttentionRecorder:
                     )
             if self._window_ctx:
                 grid, window, shift = self._window_ctx[-1]
-                probs = windows_to_global(probs, grid, window, shift)
-                record = AttentionRecord(name, probs, 0, grid, windowed=True)
+                glob = windows_to_global(probs, grid, window, shift)
+                record = AttentionRecord(name, glob, 0, grid, windowed=True, source=probs, window=(grid, window, shift))
             else:
                 if self._batch_size is not None and probs.shape[0] != self._batch_size:
                     raise RuntimeError(
@@ -266,9 +289,11 @@ class AttentionRecorder:
                         f"batch has {self._batch_size} images (window attention outside a recognised Swin block?)"
                     )
                 prefix, grid = _infer_layout(probs.shape[-1], self.grid_size or self._input_grid)
-                record = AttentionRecord(name, probs, prefix, grid)
+                record = AttentionRecord(name, probs, prefix, grid, source=probs)
             if self.to_cpu:
                 record.attn = record.attn.cpu()
+                if self.detach:  # nothing to differentiate: keep no accelerator copy
+                    record.source = record.attn if record.window is None else record.source.cpu()
             self.records.append(record)
 
         return hook

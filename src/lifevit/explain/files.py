@@ -24,13 +24,15 @@ class ExplainConfig:
         checkpoint: lifevit checkpoint (weights file or run folder).
         images: Image files or folders.
         output: Folder for the PNGs, ``explain.json`` and ``maps.npz``.
-        method: ``rollout`` or ``dense-rollout``.
-        class_names: Dense methods: classes to map (default: the predicted ones, background left out).
+        method: One of :data:`lifevit.explain.api.METHODS`.
+        class_names: Classes to map (dense tasks: default the predicted ones, background left out; classifiers,
+            every method but ``rollout``: default the predicted class).
         head_fusion: ``mean``, ``max`` or ``min``.
         discard_ratio: Lowest attentions discarded per row, in [0, 1).
         score_threshold: Detection: box score defining the tokens of a class.
         save_arrays: Also write the maps (image size) to ``maps.npz``.
         device: ``cpu`` or ``cuda``.
+        seed: ``random``: seed of the maps.
     """
 
     checkpoint: str
@@ -43,6 +45,7 @@ class ExplainConfig:
     score_threshold: float = 0.3
     save_arrays: bool = False
     device: str = "cpu"
+    seed: int = 0
 
 
 def _list_images(items: Sequence[str]) -> List[Path]:
@@ -61,6 +64,28 @@ def _list_images(items: Sequence[str]) -> List[Path]:
     return files
 
 
+def output_names(files: Sequence[Path]) -> List[str]:
+    """A distinct output name per input: the file stem, or where stems collide (``a/img.png``, ``b/img.png``), the
+    path from the colliding files' common folder with ``/`` written ``__`` (``a__img``, ``b__img``), plus the suffix
+    when only that differs (``img_png``, ``img_jpg``)."""
+    import os
+
+    resolved = [Path(f).resolve() for f in files]
+    names = [p.stem for p in resolved]
+    for stem in {n for n in names if names.count(n) > 1}:
+        idx = [i for i, n in enumerate(names) if n == stem]
+        common = Path(os.path.commonpath([str(resolved[i].parent) for i in idx]))
+        for i in idx:
+            rel = resolved[i].relative_to(common).with_suffix("")
+            names[i] = "__".join(rel.parts)
+    for name in {n for n in names if names.count(n) > 1}:  # same path but for the suffix
+        for i in [i for i, n in enumerate(names) if n == name]:
+            names[i] = f"{name}_{resolved[i].suffix.lstrip('.').lower()}"
+    if len(set(names)) != len(names):  # the same file given twice
+        raise ValueError(f"--images lists the same file more than once: {[str(f) for f in files]}")
+    return names
+
+
 def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
     """Explain every image of ``cfg``; write ``<stem>_<method>.png`` overlays, ``explain.json`` (and ``maps.npz``).
 
@@ -74,10 +99,14 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
     """
     if not 0.0 <= cfg.discard_ratio < 1.0:
         raise ValueError(f"--discard-ratio must be in [0, 1), got {cfg.discard_ratio}")
+    from .api import METHODS
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
     loaded = load_explainable(cfg.checkpoint, cfg.device)
     names = loaded.class_names
     if cfg.class_names and cfg.method == "rollout":
-        raise ValueError("--class selects dense-rollout maps; the class-token roll-out is one class-agnostic map")
+        raise ValueError("--class selects per-class maps; the class-token roll-out is one class-agnostic map")
     class_ids = None
     if cfg.class_names:
         unknown = [c for c in cfg.class_names if c not in names]
@@ -88,7 +117,8 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, arrays = [], {}
-    for path in _list_images(cfg.images):
+    files = _list_images(cfg.images)
+    for path, out_name in zip(files, output_names(files)):
         x, pixels = loaded.preprocess(path)
         result = explain(
             loaded.model,
@@ -98,12 +128,13 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
             head_fusion=cfg.head_fusion,
             discard_ratio=cfg.discard_ratio,
             score_threshold=cfg.score_threshold,
+            seed=cfg.seed,
         )
         H, W = pixels.shape[:2]
         maps = result.maps[0][:, :H, :W]  # (K, H, W) without the stride padding
-        entry = {"image": str(path), "method": cfg.method, "task": loaded.task}
+        entry = {"image": str(path), "name": out_name, "method": cfg.method, "task": loaded.task}
         if result.classes == [-1]:
-            title = "class-token roll-out"
+            title = "class-token roll-out" if cfg.method == "rollout" else cfg.method
             if loaded.task == "classification":
                 probs = result.output.softmax(-1)[0]
                 top = int(probs.argmax())
@@ -112,7 +143,7 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
             panels, titles = [maps[0]], [title]
         else:
             keep = [k for k, c in enumerate(result.classes) if class_ids is not None or result.predicted[0, k]]
-            if class_ids is None:  # default: predicted classes, background left out
+            if class_ids is None and loaded.task != "classification":  # default: predicted classes, background left out
                 keep = [k for k in keep if names[result.classes[k]].lower() != "background"]
             panels = [maps[k] for k in keep]
             titles = [
@@ -126,12 +157,12 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
                     for b, s, lab in zip(det["boxes"], det["scores"], det["labels"])
                 ]
         png = save_overlay(
-            pixels, panels, titles, out_dir / f"{path.stem}_{cfg.method}.png", suptitle=f"{loaded.name}: {cfg.method}"
+            pixels, panels, titles, out_dir / f"{out_name}_{cfg.method}.png", suptitle=f"{loaded.name}: {cfg.method}"
         )
         entry["output"] = str(png)
         entries.append(entry)
         if cfg.save_arrays:
-            arrays[path.stem] = np.stack(panels) if panels else np.zeros((0, H, W), np.float32)
+            arrays[out_name] = np.stack(panels) if panels else np.zeros((0, H, W), np.float32)
     if cfg.save_arrays:
         np.savez_compressed(out_dir / "maps.npz", **arrays)
     summary = {"checkpoint": cfg.checkpoint, "model": loaded.name, "task": loaded.task, "images": entries}
