@@ -182,12 +182,15 @@ def test_cli_errors_are_clean(classifier_ckpt, segmentation_ckpt, tmp_path, caps
 
 
 def test_output_names_keep_same_named_images_apart(tmp_path):
-    from lifevit.explain.files import output_names
+    from lifevit.tasks.inputs import output_names  # shared by explain and every task's predict
 
     a, b = tmp_path / "a" / "img.png", tmp_path / "b" / "sub" / "img.png"
     c, d = tmp_path / "a" / "img.jpg", tmp_path / "other.png"
-    assert output_names([a, b, d]) == ["a__img", "b__sub__img", "other"]
-    assert output_names([a, c]) == ["img_png", "img_jpg"]
+    for f in (a, b, c, d):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")
+    assert output_names([a, b, d])[1] == ["a__img", "b__sub__img", "other"]
+    assert output_names([a, c])[1] == ["img_png", "img_jpg"]
     with pytest.raises(ValueError, match="same file more than once"):
         output_names([a, a])
 

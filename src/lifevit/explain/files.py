@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..tasks.inputs import output_names
 from .api import explain
 from .loading import load_explainable
 from .overlay import save_overlay
@@ -48,44 +49,6 @@ class ExplainConfig:
     seed: int = 0
 
 
-def _list_images(items: Sequence[str]) -> List[Path]:
-    suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-    files: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--images: {p} is neither an image file nor a folder")
-    if not files:
-        raise FileNotFoundError(f"--images: no image files ({', '.join(suffixes)}) in {list(items)}")
-    return files
-
-
-def output_names(files: Sequence[Path]) -> List[str]:
-    """A distinct output name per input: the file stem, or where stems collide (``a/img.png``, ``b/img.png``), the
-    path from the colliding files' common folder with ``/`` written ``__`` (``a__img``, ``b__img``), plus the suffix
-    when only that differs (``img_png``, ``img_jpg``)."""
-    import os
-
-    resolved = [Path(f).resolve() for f in files]
-    names = [p.stem for p in resolved]
-    for stem in {n for n in names if names.count(n) > 1}:
-        idx = [i for i, n in enumerate(names) if n == stem]
-        common = Path(os.path.commonpath([str(resolved[i].parent) for i in idx]))
-        for i in idx:
-            rel = resolved[i].relative_to(common).with_suffix("")
-            names[i] = "__".join(rel.parts)
-    for name in {n for n in names if names.count(n) > 1}:  # same path but for the suffix
-        for i in [i for i, n in enumerate(names) if n == name]:
-            names[i] = f"{name}_{resolved[i].suffix.lstrip('.').lower()}"
-    if len(set(names)) != len(names):  # the same file given twice
-        raise ValueError(f"--images lists the same file more than once: {[str(f) for f in files]}")
-    return names
-
-
 def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
     """Explain every image of ``cfg``; write ``<stem>_<method>.png`` overlays, ``explain.json`` (and ``maps.npz``).
 
@@ -117,8 +80,8 @@ def explain_files(cfg: ExplainConfig) -> Dict[str, Any]:
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, arrays = [], {}
-    files = _list_images(cfg.images)
-    for path, out_name in zip(files, output_names(files)):
+    files, out_names = output_names(cfg.images)
+    for path, out_name in zip(files, out_names):
         x, pixels = loaded.preprocess(path)
         result = explain(
             loaded.model,

@@ -33,22 +33,24 @@ def list_images(inputs: Sequence[Union[str, os.PathLike]]) -> List[Path]:
 
 
 def output_names(inputs: Sequence[Union[str, os.PathLike]]) -> Tuple[List[Path], List[str]]:
-    """The image files of ``inputs`` and a distinct output stem for each.
+    """The image files of ``inputs`` and a distinct output name for each: the file stem, or where stems collide
+    (``a/img.png``, ``b/img.png``), the path from the colliding files' common folder with ``/`` written ``__``
+    (``a__img``, ``b__img``), plus the suffix when only that differs (``img_png``, ``img_jpg``).
 
-    A file's stem is its name without suffix; where two inputs share it (``a/img.png`` and ``b/img.png``), each
-    gets the parts of its path that tell them apart (``a_img``, ``b_img``).
+    Raises:
+        ValueError: The same file is given twice.
     """
     files = list_images(inputs)
-    stems = [f.stem for f in files]
-    for stem in {s for s in stems if stems.count(s) > 1}:
-        clash = [i for i, s in enumerate(stems) if s == stem]
-        parts = [files[i].resolve().with_suffix("").parts for i in clash]
-        depth = 1
-        while depth < max(len(p) for p in parts) and len({"_".join(p[-depth:]) for p in parts}) < len(parts):
-            depth += 1
-        for i, p in zip(clash, parts):
-            stems[i] = "_".join(p[-depth:]).lstrip("/_") or stem
-        if len({stems[i] for i in clash}) < len(clash):  # the same file given twice
-            for n, i in enumerate(clash):
-                stems[i] = f"{stems[i]}_{n}"
-    return files, stems
+    resolved = [f.resolve() for f in files]
+    names = [p.stem for p in resolved]
+    for stem in {n for n in names if names.count(n) > 1}:
+        idx = [i for i, n in enumerate(names) if n == stem]
+        common = Path(os.path.commonpath([str(resolved[i].parent) for i in idx]))
+        for i in idx:
+            names[i] = "__".join(resolved[i].relative_to(common).with_suffix("").parts)
+    for name in {n for n in names if names.count(n) > 1}:  # the same path but for the suffix
+        for i in [i for i, n in enumerate(names) if n == name]:
+            names[i] = f"{name}_{resolved[i].suffix.lstrip('.').lower()}"
+    if len(set(names)) != len(names):
+        raise ValueError(f"the inputs name the same file more than once: {[str(f) for f in files]}")
+    return files, names
