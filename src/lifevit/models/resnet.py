@@ -32,7 +32,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from ._registry import cfg, register, small_image_cfg
+from ._registry import cfg, check_pretrained, register, small_image_cfg
 
 __all__ = ["CifarResNet"]
 
@@ -92,10 +92,9 @@ _R18_LITE: Dict[str, Any] = dict(_R18, channels=(16, 32, 64, 128), in_chans=1)
 
 
 def _resnet(variant: str, pretrained: bool, arch: Dict[str, Any], kwargs: Dict[str, Any]) -> ResNet:
-    if pretrained:
-        raise ValueError(f"lifevit has no pretrained weights for {variant!r}")
+    check_pretrained(variant, pretrained, kwargs)
     kwargs.pop("img_size", None)  # a ResNet takes any size; accepted so every lifevit model takes img_size
-    return build_model_with_cfg(CifarResNet, variant, pretrained=False, **dict(arch, **kwargs))
+    return build_model_with_cfg(CifarResNet, variant, pretrained=pretrained, **dict(arch, **kwargs))
 
 
 @register

@@ -47,7 +47,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention, checkpoint_filter_fn
 
 from ..layers import LIFE
-from ._registry import cfg, register, small_image_cfg
+from ._registry import cfg, check_pretrained, register, small_image_cfg, with_notes
 
 __all__ = ["LIFEWindowAttention", "LIFESwinTransformerV2", "create_swinv2"]
 
@@ -113,14 +113,22 @@ class LIFESwinTransformerV2(SwinTransformerV2):
                 attn = LIFEWindowAttention.from_window_attention(block.attn, life_kernel_sizes)
                 attn.qkv.apply(init)
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"{type(self).__name__} uses LIFE, which does not support TorchScript (deprecated in PyTorch 2.x); "
+            "use torch.export.export, torch.onnx.export, torch.compile or FX (timm.models.create_feature_extractor)"
+        )
+
 
 def create_swinv2(variant: str, model_cls: type, pretrained: bool = False, **kwargs: Any) -> SwinTransformerV2:
     """Build a SwinV2 variant with timm's builder (``features_only`` and kwargs defaults work as for timm's)."""
-    if pretrained:
-        raise ValueError(
-            f"lifevit has no pretrained weights for {variant!r}. To start from ImageNet weights, create timm's "
-            "swinv2_tiny_window8_256 with pretrained=True and convert it with lifevit.lifeify(model)."
-        )
+    check_pretrained(
+        variant,
+        pretrained,
+        kwargs,
+        hint="To start from ImageNet weights, create timm's swinv2_tiny_window8_256 with pretrained=True and "
+        "convert it with lifevit.lifeify(model).",
+    )
     if "life_kernel_sizes" in kwargs and not issubclass(model_cls, LIFESwinTransformerV2):
         raise ValueError(f"life_kernel_sizes given for {variant!r}, which has no LIFE layers")
     depths = kwargs.get("depths", (1, 1, 1, 1))
@@ -128,28 +136,33 @@ def create_swinv2(variant: str, model_cls: type, pretrained: bool = False, **kwa
     return build_model_with_cfg(
         model_cls,
         variant,
-        pretrained=False,
+        pretrained=pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
 
 
-def _swin_cfg(**kwargs) -> Dict[str, Any]:
-    return cfg(classifier="head.fc", fixed_input_size=True, **kwargs)
+def _swin_cfg(res: int, patch_size: int) -> Dict[str, Any]:
+    # the last of the 4 stages has reduction 8 * patch_size: that is the unpooled feature map (pool_size)
+    side = res // (8 * patch_size)
+    extra = dict(classifier="head.fc", fixed_input_size=True, pool_size=(side, side))
+    if res in (32, 64):
+        return small_image_cfg(res, **extra)
+    return cfg(input_size=(3, res, res), crop_pct=0.9, **extra)
 
 
 default_cfgs = generate_default_cfgs(
-    {
-        "swinv2_tiny_window8_256_life": _swin_cfg(input_size=(3, 256, 256), crop_pct=0.9),
-        **{
-            f"swinv2_tiny_patch1_window8_{res}{suffix}": small_image_cfg(
-                res, classifier="head.fc", fixed_input_size=True
-            )
-            for res in (32, 64)
-            for suffix in ("", "_life")
-        },
-    }
+    with_notes(
+        {
+            "swinv2_tiny_window8_256_life": _swin_cfg(256, patch_size=4),
+            **{
+                f"swinv2_tiny_patch1_window8_{res}{suffix}": _swin_cfg(res, patch_size=1)
+                for res in (32, 64)
+                for suffix in ("", "_life")
+            },
+        }
+    )
 )
 
 _TINY: Dict[str, Any] = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=8)

@@ -46,7 +46,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..layers import LIFEAttention, TokenGridMixin
-from ._registry import cfg, register, small_image_cfg
+from ._registry import cfg, register, small_image_cfg, with_notes
 from .vit import create_vit
 
 __all__ = ["TokenPerformer", "T2TEmbed", "T2TVisionTransformer", "LIFET2TVisionTransformer"]
@@ -117,6 +117,14 @@ class TokenPerformer(nn.Module):
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def _check_img_size(H, W, img_size: Tuple[int, int]) -> None:
+    """Refuse an input of another size than ``img_size``; inside an FX trace the check becomes a graph node."""
+    if isinstance(H, torch.fx.Proxy) or isinstance(W, torch.fx.Proxy):
+        torch._assert((H == img_size[0]) & (W == img_size[1]), f"T2TEmbed expects {img_size[0]}x{img_size[1]} images")
+    elif (H, W) != tuple(img_size):
+        raise ValueError(f"T2TEmbed expects {img_size[0]}x{img_size[1]} images, got {H}x{W}")
 
 
 class T2TEmbed(nn.Module):
@@ -204,10 +212,28 @@ class T2TEmbed(nn.Module):
             h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
         return h, w
 
+    def set_input_size(
+        self,
+        img_size: Optional[Union[int, Tuple[int, int]]] = None,
+        patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """Change the default input size (timm's ``set_input_size`` protocol; nothing to resample: the stem has
+        no per-position weights). The reduction is set by the soft-split strides, so ``patch_size`` must stay."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError(
+                f"T2TEmbed's reduction is fixed by its strides {self.strides} (patch size {self.patch_size}); "
+                f"got patch_size={patch_size}"
+            )
+        if img_size is not None:
+            self.img_size = to_2tuple(img_size)
+            self.grid_size = self.dynamic_feat_size(self.img_size)
+            self.num_patches = self.grid_size[0] * self.grid_size[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        if self.strict_img_size and (H, W) != self.img_size:
-            raise ValueError(f"T2TEmbed expects {self.img_size[0]}x{self.img_size[1]} images, got {H}x{W}")
+        B, H, W = x.shape[0], x.shape[-2], x.shape[-1]  # no tuple unpacking: FX traces this
+        if self.strict_img_size:
+            _check_img_size(H, W, self.img_size)
+            H, W = self.img_size  # static sizes from here on: the token grid is a constant of the traced graph
         h, w = H, W
         for i, split in enumerate(self.soft_splits):
             k, s, p = self.kernel_sizes[i], self.strides[i], self.paddings[i]
@@ -257,14 +283,26 @@ class LIFET2TVisionTransformer(TokenGridMixin, T2TVisionTransformer):
         super().__init__(*args, attn_layer=attn_layer, **kwargs)
 
     def token_grid(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
-        return self.patch_embed.dynamic_feat_size(tuple(img_size))
+        pe = self.patch_embed
+        if pe.strict_img_size:  # the stem refuses other sizes: the grid is static (and FX-traceable)
+            return tuple(pe.grid_size)
+        return pe.dynamic_feat_size((int(img_size[0]), int(img_size[1])))
+
+
+def _t2t_cfg(res: int = 224) -> Dict[str, Any]:
+    # fixed size as for timm's ViTs (the stem refuses other sizes unless dynamic_img_size=True); the first layer
+    # that sees pixels is the first token Performer's projection
+    extra = dict(fixed_input_size=True, first_conv="patch_embed.token_layers.0.kqv")
+    return cfg(**extra) if res == 224 else small_image_cfg(res, **extra)
 
 
 default_cfgs = generate_default_cfgs(
-    {
-        **{f"t2t_vit_12{suffix}": cfg() for suffix in ("", "_life")},
-        **{f"t2t_vit_12_{res}{suffix}": small_image_cfg(res) for res in (32, 64) for suffix in ("", "_life")},
-    }
+    with_notes(
+        {
+            **{f"t2t_vit_12{suffix}": _t2t_cfg() for suffix in ("", "_life")},
+            **{f"t2t_vit_12_{res}{suffix}": _t2t_cfg(res) for res in (32, 64) for suffix in ("", "_life")},
+        }
+    )
 )
 
 _T2T_12: Dict[str, Any] = dict(embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0, qkv_bias=False, token_dim=64)

@@ -27,7 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ..data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..layers import LIFEAttention, TokenGridMixin
-from ._registry import cfg, register, small_image_cfg
+from ._registry import cfg, check_pretrained, register, small_image_cfg, with_notes
 
 __all__ = ["LIFEVisionTransformer", "LIFEVisionTransformerDistilled", "create_vit"]
 
@@ -51,11 +51,13 @@ def create_vit(variant: str, model_cls: type, pretrained: bool = False, **kwargs
 
     ``life_kernel_sizes`` (optional) selects other LIFE kernels for the LIFE classes.
     """
-    if pretrained:
-        raise ValueError(
-            f"lifevit has no pretrained weights for {variant!r}. To start from ImageNet weights, create the plain "
-            "timm model with pretrained=True and convert it with lifevit.lifeify(model)."
-        )
+    check_pretrained(
+        variant,
+        pretrained,
+        kwargs,
+        hint="To start from ImageNet weights, create the plain timm model with pretrained=True and convert it "
+        "with lifevit.lifeify(model).",
+    )
     kernel_sizes = kwargs.pop("life_kernel_sizes", None)
     if kernel_sizes is not None:
         if not issubclass(model_cls, TokenGridMixin):
@@ -65,32 +67,39 @@ def create_vit(variant: str, model_cls: type, pretrained: bool = False, **kwargs
     return build_model_with_cfg(
         model_cls,
         variant,
-        pretrained=False,
+        pretrained=pretrained,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
 
 
+def _vit_cfg(**kwargs) -> Dict[str, Any]:
+    # a ViT takes its native size only (a learned position embedding per patch), as timm's ViT/DeiT configs say
+    return cfg(fixed_input_size=True, **kwargs)
+
+
 default_cfgs = generate_default_cfgs(
-    {
-        "deit_tiny_patch16_224_life": cfg(),
-        "deit_small_patch16_224_life": cfg(),
-        "deit_base_patch16_224_life": cfg(),
-        "deit_tiny_distilled_patch16_224_life": cfg(classifier=("head", "head_dist")),
-        "deit_small_distilled_patch16_224_life": cfg(classifier=("head", "head_dist")),
-        **{
-            f"deit_{size}_patch4_{res}{suffix}": small_image_cfg(res)
-            for size in ("tiny", "small")
-            for res in (32, 64)
-            for suffix in ("", "_life")
-        },
-        **{
-            f"vit_lite_patch4_28{suffix}": cfg(
-                input_size=(1, 28, 28), num_classes=10, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD
-            )
-            for suffix in ("", "_life")
-        },
-    }
+    with_notes(
+        {
+            "deit_tiny_patch16_224_life": _vit_cfg(),
+            "deit_small_patch16_224_life": _vit_cfg(),
+            "deit_base_patch16_224_life": _vit_cfg(),
+            "deit_tiny_distilled_patch16_224_life": _vit_cfg(classifier=("head", "head_dist")),
+            "deit_small_distilled_patch16_224_life": _vit_cfg(classifier=("head", "head_dist")),
+            **{
+                f"deit_{size}_patch4_{res}{suffix}": small_image_cfg(res, fixed_input_size=True)
+                for size in ("tiny", "small")
+                for res in (32, 64)
+                for suffix in ("", "_life")
+            },
+            **{
+                f"vit_lite_patch4_28{suffix}": _vit_cfg(
+                    input_size=(1, 28, 28), num_classes=10, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD
+                )
+                for suffix in ("", "_life")
+            },
+        }
+    )
 )
 
 _TINY: Dict[str, Any] = dict(embed_dim=192, depth=12, num_heads=3)
