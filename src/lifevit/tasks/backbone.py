@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
@@ -63,6 +63,11 @@ class DenseBackbone(nn.Module):
         model.prune_intermediate_layers(self.indices, prune_norm=self.indices[-1] != n - 1, prune_head=True)
         self.model = model
         self.num_channels = self.channels[-1]
+
+    def no_weight_decay(self) -> Set[str]:
+        """The inner model's parameters that take no weight decay (position embeddings, class token, ...)."""
+        inner = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else ()
+        return {f"model.{n}" for n in inner}
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Images (B, C, H, W), H and W multiples of :attr:`stride` -> list of maps (B, C_i, H / s_i, W / s_i)."""

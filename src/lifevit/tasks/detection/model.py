@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Set
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,12 @@ class Detector(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+
+    def no_weight_decay(self) -> Set[str]:
+        """No weight decay on the backbone's embeddings and the head's position embeddings (timm's optimizer
+        factory reads this; biases and norms are excluded by it anyway)."""
+        names = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        return names | {n for n, _ in self.head.named_parameters(prefix="head") if n.endswith("pos_embed")}
 
     @property
     def size_divisibility(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,12 @@ class Segmenter(nn.Module):
         self.fusion = fusion
         self.decoder = decoder
         self.num_classes = decoder.num_classes
+
+    def no_weight_decay(self) -> Set[str]:
+        """No weight decay on the backbone's embeddings and the decoder's class embeddings (timm's optimizer
+        factory reads this, as it does a timm model's)."""
+        names = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        return names | {n for n, _ in self.decoder.named_parameters(prefix="decoder") if n.endswith("cls_emb")}
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Images (B, C, H, W) -> ``{"logits": (B, K, H, W)}`` (un-normalised class scores per pixel)."""
