@@ -33,11 +33,12 @@ FULL = 60000  # Fashion-MNIST's training set
 def schedule(size: int, budget: int) -> Dict[str, float]:
     """Epochs (at least 2), warm-up epochs (a tenth) and evaluation interval (the end) for ``budget`` samples."""
     epochs = max(2, round(budget / size))
-    return {"epochs": epochs, "optim.warmup_epochs": epochs / 10, "eval_interval": epochs}
+    return {"train.epochs": epochs, "train.warmup_epochs": epochs / 10, "train.eval_interval": epochs}
 
 
 def configs(config: Path, models, sizes, seeds, budget: int, extra):
-    from lifevit.config import load_config
+    from lifevit.config import build_config
+    from lifevit.tasks.classification import ClassificationConfig
 
     out = []
     for seed in seeds:
@@ -45,7 +46,8 @@ def configs(config: Path, models, sizes, seeds, budget: int, extra):
             sched = [f"{k}={v}" for k, v in schedule(size, budget).items()]
             n = f"data.train_samples={size}" if size < FULL else "data.train_samples=null"
             for model in models:
-                out.append(load_config(config, [f"model.name={model}", n, f"seed={seed}", *sched, *extra]))
+                overrides = [f"model.name={model}", n, f"train.seed={seed}", *sched, *extra]
+                out.append(build_config(ClassificationConfig, config, overrides))
     return out
 
 
@@ -116,12 +118,26 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "small_data")
     p.add_argument("--budget", type=int, default=100_000, help="training samples seen per run (sets the epochs)")
     p.add_argument("--jobs", type=int, default=2, help="runs at the same time (one process each)")
-    p.add_argument("--set", dest="extra", action="append", default=[], help="config override, e.g. device=cuda")
+    p.add_argument("--set", dest="extra", action="append", default=[], help="config override, e.g. train.device=cuda")
+    p.add_argument(
+        "--life-options",
+        choices=["lifevit", "release"],
+        default="lifevit",
+        help="LIFE's pointwise bias / init / norm sharing: lifevit's defaults or the release's (RELEASE_OPTIONS); "
+        "runs train in this process (--jobs 1) so the choice reaches every model",
+    )
     p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "small_data_table.md")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "small_data.png")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.life_options == "release" and not args.report_only:
+        if args.jobs != 1:
+            raise SystemExit("--life-options release trains in this process: pass --jobs 1")
+        from lifevit.layers import RELEASE_OPTIONS, LIFEAttention
+
+        # the class default of every LIFEAttention built in this process (this benchmark's runs only)
+        LIFEAttention.default_life_options = dict(RELEASE_OPTIONS)
     if not args.report_only:
         from lifevit.engine.compare import train_or_read
 

@@ -190,3 +190,115 @@ def test_bad_inputs_raise_clear_errors():
         LIFE(12, kernel_sizes=(3, 4))
     with pytest.raises(ValueError, match="num_prefix_tokens must be >= 0"):
         LIFE(12, num_prefix_tokens=-1)
+
+
+# ---------------------------------------------------------------------------------------- training path and options
+@pytest.mark.parametrize("prefix,grid", [(0, (4, 4)), (1, (3, 5)), (2, (2, 3))])
+def test_training_gradients_match_the_reference(prefix, grid):
+    """The autograd function (depthwise recomputed in backward) gives the reference's gradients."""
+    H, W = grid
+    m = LIFE(30, num_prefix_tokens=prefix, pointwise_init="kaiming_uniform")
+    x = torch.randn(2, prefix + H * W, 30, requires_grad=True)
+    out = m(x, grid_size=grid)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [x, *m.parameters()], g)
+    ref = reference_life(m, x, H, W)
+    theirs = torch.autograd.grad(ref, [x, *m.parameters()], g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for (name, _), a, b in zip([("x", x), *m.named_parameters()], ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_training_path_keeps_only_the_output_for_backward():
+    """Saved for backward: the linear's input and LIFE's output (which attention keeps anyway), no depthwise maps."""
+    m = LIFE(48, num_prefix_tokens=1)
+    x = torch.randn(4, 1 + 64, 48, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = m(x, grid_size=(8, 8))
+    activations = {
+        p: n for p, n in storages.items() if p not in {q.untyped_storage().data_ptr() for q in m.parameters()}
+    }
+    assert set(activations) == {x.untyped_storage().data_ptr(), out.untyped_storage().data_ptr()}
+
+
+def test_depthwise_weight_gradients_are_contiguous():
+    m = LIFE(24, num_prefix_tokens=1)
+    m(torch.randn(2, 17, 24), grid_size=(4, 4)).sum().backward()
+    for dw in m.depthwise:
+        assert dw.weight.grad.stride() == dw.weight.stride()  # the layout DDP's buckets expect
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_output_dtype_under_autocast(grad):
+    m = LIFE(24, num_prefix_tokens=1)
+    x = torch.randn(2, 17, 24)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, grid_size=(4, 4))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), m(x, grid_size=(4, 4)).detach(), rtol=0.05, atol=0.05)
+    if grad:
+        out.float().sum().backward()
+        assert all(p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_pointwise_bias_option():
+    m = LIFE(24, qkv_bias=True, pointwise_bias=False)
+    assert m.linear.bias is not None and all(pw.bias is None for pw in m.pointwise)
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in LIFE(24).parameters()) - 2 * 24
+
+
+@pytest.mark.parametrize("init,std", [("trunc_normal", 0.02), ("kaiming_uniform", (3 * 192) ** -0.5)])
+def test_pointwise_init_survives_timm_model_init(init, std):
+    """timm re-initialises every nn.Linear with std 0.02; LIFE's pointwise projections keep the chosen init."""
+    import timm
+
+    from lifevit.layers import LIFEAttention
+    from lifevit.models.vit import LIFEVisionTransformer
+
+    model = LIFEVisionTransformer(
+        img_size=32,
+        patch_size=4,
+        embed_dim=192,
+        depth=2,
+        num_heads=3,
+        attn_layer=LIFEAttention.bind(pointwise_init=init),
+    )
+    for layer in (b.attn.qkv for b in model.blocks):
+        for pw in layer.pointwise:  # 192 -> 192; kaiming-uniform's std is 1 / sqrt(3 * fan_in) = 0.0417
+            assert pw.weight.std().item() == pytest.approx(std, rel=0.1)
+        assert layer.linear.weight.std().item() == pytest.approx(0.02, rel=0.1)  # scale 1: timm's init
+    swin = timm.create_model("swinv2_tiny_patch1_window8_32_life", depths=(1, 1, 1, 1))
+    pw = swin.layers[2].blocks[0].attn.qkv.pointwise[0]  # 384 channels
+    assert pw.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_shared_norm_is_one_layernorm_for_q_k_v():
+    m = LIFE(32, num_prefix_tokens=1, norm_layer=nn.LayerNorm, shared_norm=True)
+    assert m.q_norm is None and isinstance(m.qkv_norm, nn.LayerNorm)
+    nn.init.normal_(m.qkv_norm.weight)
+    nn.init.normal_(m.qkv_norm.bias)
+    plain = LIFE(32, num_prefix_tokens=1)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("qkv_norm")})
+    x = torch.randn(2, 17, 32)
+    raw = plain(x, grid_size=(4, 4)).view(2, 17, 3, 32)
+    expected = F.layer_norm(raw, (32,), m.qkv_norm.weight, m.qkv_norm.bias)  # the same weights for q, k and v
+    torch.testing.assert_close(m(x, grid_size=(4, 4)).view(2, 17, 3, 32), expected)
+    separate = LIFE(32, norm_layer=nn.LayerNorm)
+    assert sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in m.parameters()) == 2 * 2 * 32
+
+
+def test_bad_options_raise_clear_errors():
+    from lifevit.layers import LIFEAttention
+
+    with pytest.raises(ValueError, match="pointwise_init must be one of"):
+        LIFE(12, pointwise_init="xavier")
+    with pytest.raises(ValueError, match=r"prefix_keys_from_scale1 needs equal scale widths, got \(3, 3, 2\)"):
+        LIFE(8, prefix_keys_from_scale1=True)
+    with pytest.raises(ValueError, match="got unknown pointwise_std"):
+        LIFEAttention.bind(pointwise_std=0.1)

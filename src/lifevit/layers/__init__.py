@@ -1,6 +1,17 @@
 """Layers: the LIFE projection and the attention that uses it."""
 
 from .attention import LIFEAttention, TokenGridMixin, life_layers, set_token_layout
-from .life import LIFE, split_widths
+from .life import LIFE, LIFE_OPTIONS, POINTWISE_INITS, RELEASE_OPTIONS, Pointwise, split_widths
 
-__all__ = ["LIFE", "LIFEAttention", "TokenGridMixin", "life_layers", "set_token_layout", "split_widths"]
+__all__ = [
+    "LIFE",
+    "LIFE_OPTIONS",
+    "POINTWISE_INITS",
+    "RELEASE_OPTIONS",
+    "LIFEAttention",
+    "Pointwise",
+    "TokenGridMixin",
+    "life_layers",
+    "set_token_layout",
+    "split_widths",
+]

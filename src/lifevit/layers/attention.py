@@ -9,13 +9,13 @@ image size at the start of every forward pass, so ``dynamic_img_size`` and non-s
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import Attention
 from torch import nn
 
-from .life import LIFE
+from .life import LIFE, LIFE_OPTIONS
 
 __all__ = ["LIFEAttention", "TokenGridMixin", "life_layers", "set_token_layout"]
 
@@ -29,11 +29,14 @@ class LIFEAttention(Attention):
         num_prefix_tokens: Prefix tokens in the sequence (models overwrite this with their own count).
         kernel_sizes: LIFE depthwise kernels after scale 1 (class default ``(3, 5)``, see :meth:`bind`).
         qkv_norm: Apply LayerNorm to each of q, k and v inside LIFE.
+        life_options: LIFE's ``pointwise_bias``, ``pointwise_init`` and ``shared_norm`` (class default
+            ``default_life_options``, see :meth:`bind`; ``lifevit.layers.RELEASE_OPTIONS`` reproduces the release).
         **kwargs: Passed to timm's ``Attention`` (``qkv_bias``, ``qk_norm``, ``attn_drop``, ...).
     """
 
     default_kernel_sizes: Tuple[int, ...] = (3, 5)
     default_qkv_norm: bool = False
+    default_life_options: Dict[str, Any] = {}
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class LIFEAttention(Attention):
         kernel_sizes: Optional[Sequence[int]] = None,
         qkv_norm: Optional[bool] = None,
         qkv_bias: bool = False,
+        life_options: Optional[Dict[str, Any]] = None,
         **kwargs,
     ) -> None:
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, **kwargs)
@@ -55,16 +59,27 @@ class LIFEAttention(Attention):
             qkv_bias=qkv_bias,
             out_dim=self.attn_dim,
             norm_layer=nn.LayerNorm if qkv_norm else None,
+            **{**self.default_life_options, **(life_options or {})},
             device=kwargs.get("device"),
             dtype=kwargs.get("dtype"),
         )
 
     @classmethod
-    def bind(cls, kernel_sizes: Sequence[int] = (3, 5), qkv_norm: bool = False) -> type[LIFEAttention]:
-        """A subclass with other LIFE defaults, for places that take an attention *class* (timm's ``attn_layer``)."""
+    def bind(
+        cls, kernel_sizes: Sequence[int] = (3, 5), qkv_norm: bool = False, **life_options: Any
+    ) -> type[LIFEAttention]:
+        """A subclass with other LIFE defaults, for places that take an attention *class* (timm's ``attn_layer``).
+
+        ``life_options``: any of LIFE's ``pointwise_bias``, ``pointwise_init``, ``shared_norm``.
+        """
+        unknown = sorted(set(life_options) - set(LIFE_OPTIONS))
+        if unknown:
+            raise ValueError(f"LIFE options are {', '.join(LIFE_OPTIONS)}; got unknown {', '.join(unknown)}")
         ks = tuple(int(k) for k in kernel_sizes)
-        name = f"LIFEAttention_k{'_'.join(map(str, ks)) or 'none'}{'_norm' if qkv_norm else ''}"
-        return type(name, (cls,), {"default_kernel_sizes": ks, "default_qkv_norm": bool(qkv_norm)})
+        opts = "".join(f"_{k}_{v}" for k, v in sorted(life_options.items()))
+        name = f"LIFEAttention_k{'_'.join(map(str, ks)) or 'none'}{'_norm' if qkv_norm else ''}{opts}"
+        attrs = {"default_kernel_sizes": ks, "default_qkv_norm": bool(qkv_norm), "default_life_options": life_options}
+        return type(name, (cls,), attrs)
 
 
 def life_layers(module: nn.Module) -> Iterator[LIFE]:
@@ -109,3 +124,14 @@ class TokenGridMixin:
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
         set_token_layout(self, self.token_grid(x.shape[-2:]))
         return super().forward_intermediates(x, *args, **kwargs)
+
+    def set_input_size(self, *args, **kwargs) -> None:
+        """timm's ``set_input_size``, then the LIFE layers get the new default grid."""
+        super().set_input_size(*args, **kwargs)
+        set_token_layout(self, self.token_grid(self.patch_embed.img_size))
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"{type(self).__name__} uses LIFE, which does not support TorchScript (deprecated in PyTorch 2.x); "
+            "use torch.export.export, torch.onnx.export, torch.compile or FX (timm.models.create_feature_extractor)"
+        )

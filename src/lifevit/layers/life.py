@@ -1,7 +1,8 @@
 """LIFE: the Local InFormation Enhancer, a multi-scale qkv projection for ViT self-attention.
 
 Paper: Akkaya, Kathiresan, Arani, Zonooz, "Enhancing performance of vision transformers on small datasets
-through local inductive bias incorporation", Pattern Recognition 2024.
+through local inductive bias incorporation", Pattern Recognition 2024. Reference release: NeurAI-Lab/LIFE
+(``MultiscaleQKV``); every difference from it is listed in ``docs/life.md``.
 
 LIFE replaces the ``nn.Linear(dim, 3 * dim)`` that produces queries, keys and values. With S scales
 (``len(kernel_sizes) + 1``) the output channels of each of q, k and v are split into widths c_1 ... c_S
@@ -24,21 +25,31 @@ Patch outputs never depend on prefix tokens and prefix outputs never depend on p
 Width split: ``out_dim`` is divided as evenly as possible, earlier scales taking the remainder, e.g.
 192 -> (64, 64, 64) and 256 -> (86, 85, 85) for three scales.
 
-Layout: tokens arrive channels-last, (B, N, C). The depthwise conv runs on a channels-last *view* of the
-patch tokens (no NCHW copy) and the pointwise convs are ``nn.Linear`` over (B, N, C). Without autograd the
-scales are written straight into one output buffer instead of being concatenated; with autograd they are
-concatenated once, because the backward pass of in-place slice writes copies the whole gradient per write.
+Cost. Every scale is written straight into one output buffer (no concatenation). In eager training the
+scales 2..S run inside one autograd function that keeps nothing but that output buffer (which the attention
+keeps anyway, as q, k and v) and recomputes the cheap depthwise convolutions in backward, so LIFE's training
+memory is close to the plain projection's. Its depthwise weight gradients are returned contiguous, the layout
+DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the same buffer code is
+traced with ordinary autograd (the compiler plans recomputation itself).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-__all__ = ["LIFE", "split_widths"]
+__all__ = ["LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS"]
+
+POINTWISE_INITS = ("trunc_normal", "kaiming_uniform")
+# the LIFE choices a model passes on to its layers (``LIFEAttention.bind``)
+LIFE_OPTIONS = ("pointwise_bias", "pointwise_init", "shared_norm", "prefix_keys_from_scale1")
+# NeurAI-Lab/LIFE's MultiscaleQKV: bias-free 1x1 convs with PyTorch's default init, one LayerNorm for q, k and v
+RELEASE_OPTIONS = {"pointwise_bias": False, "pointwise_init": "kaiming_uniform", "shared_norm": True}
 
 
 def split_widths(dim: int, num_scales: int) -> Tuple[int, ...]:
@@ -54,6 +65,120 @@ def split_widths(dim: int, num_scales: int) -> Tuple[int, ...]:
     return tuple(base + (1 if i < extra else 0) for i in range(num_scales))
 
 
+class Pointwise(nn.Module):
+    """A 1x1 convolution over channels-last tokens: (..., in_features) -> (..., out_features).
+
+    Deliberately not an ``nn.Linear``: model-wide initialisers (timm's truncated normal for every ``nn.Linear``)
+    pass it by, so the initialisation that :class:`LIFE` chose for it (``pointwise_init``) is the one it keeps.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default for ``nn.Conv2d`` / ``nn.Linear``: kaiming-uniform (a = sqrt(5)), uniform bias."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ------------------------------------------------------------------------------------------- the computation
+# Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). One plain function for the forward pass
+# (no-grad, compiled, exported and inside the autograd function) and the autograd function's backward below.
+def _grid(t: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) in channels-last memory (a view when ``t`` is dense)."""
+    return t.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _tokens(g: torch.Tensor, B: int) -> torch.Tensor:
+    """(B, C, H, W) channels-last map -> (B, H*W, C) tokens (a view)."""
+    return g.permute(0, 2, 3, 1).reshape(B, -1, g.shape[1])
+
+
+def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.Tensor:
+    """Write scale 1 (``y1``: (B, N, 3*c1)) and scales 2..S (depthwise ``dws``, pointwise ``pws`` / ``pbs``) into
+    ``out`` (B, N, 3, D), each scale at its channel offset of q, k and v; returns ``out``."""
+    B, N = y1.shape[:2]
+    dt = out.dtype
+    out[..., : widths[0]] = y1.view(B, N, 3, widths[0])
+    prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
+    offset = widths[0]
+    for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
+        wp, bp = wp.to(dt), None if bp is None else bp.to(dt)
+        dw = F.conv2d(_grid(patches, B, H, W), wd.to(dt), None, padding=wd.shape[-1] // 2, groups=wd.shape[0])
+        patches = None  # the previous scale's tokens are in ``out`` now: free them before the next allocation
+        patches = F.linear(_tokens(dw, B), wp, bp)  # (B, H*W, 3*c), dense
+        dw = None  # likewise
+        out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
+        if P:
+            prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c): prefix tokens skip the depthwise conv
+            out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
+        offset += c
+    return out
+
+
+class _Scales(torch.autograd.Function):
+    """Scales 2..S as one autograd node that saves only its output and recomputes the depthwise convs."""
+
+    @staticmethod
+    def forward(ctx, y1, P, H, W, widths, *params):
+        S1 = len(widths) - 1
+        dws, pws, pbs = list(params[:S1]), list(params[S1 : 2 * S1]), list(params[2 * S1 :])
+        B, N = y1.shape[:2]
+        out = y1.new_empty(B, N, 3, sum(widths))
+        _scales_into(out, y1, P, H, W, widths, dws, pws, pbs)
+        ctx.geometry = (P, H, W, widths, [b is not None for b in pbs])
+        ctx.save_for_backward(out, *dws, *pws)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        P, H, W, widths, has_bias = ctx.geometry
+        out, *weights = ctx.saved_tensors
+        S1 = len(widths) - 1
+        dws, pws = weights[:S1], weights[S1:]
+        B, N = out.shape[:2]
+        dt = g.dtype
+        starts = [sum(widths[:s]) for s in range(len(widths))]
+
+        def part(t, s, lo, hi):  # tokens lo:hi of scale s of a (B, N, 3, D) tensor, dense (B, n, 3*c_s)
+            return t[:, lo:hi, :, starts[s] : starts[s] + widths[s]].reshape(B, hi - lo, 3 * widths[s])
+
+        g_dw, g_pw, g_pb = [None] * S1, [None] * S1, [None] * S1
+        g_prefix, g_patches = part(g, S1, 0, P), part(g, S1, P, N)  # gradient reaching scale s (starting at S)
+        for s in range(S1, 0, -1):
+            wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
+            k, C = wd.shape[-1], wd.shape[0]
+            x_prefix, x_patches = part(out, s - 1, 0, P), part(out, s - 1, P, N)  # scale s-1: this scale's input
+            x_grid = _grid(x_patches, B, H, W)  # (B, C, H, W)
+            dw = F.conv2d(x_grid, wd, None, padding=k // 2, groups=C)  # recomputed
+            g_wp = g_patches.flatten(0, 1).t() @ _tokens(dw, B).flatten(0, 1)  # (3*c_s, 3*c_{s-1})
+            g_pw[s - 1] = (g_wp + g_prefix.flatten(0, 1).t() @ x_prefix.flatten(0, 1)).to(pws[s - 1].dtype)
+            if has_bias[s - 1]:
+                g_pb[s - 1] = (g_patches.sum((0, 1)) + g_prefix.sum((0, 1))).to(pws[s - 1].dtype)
+            g_grid = _grid(g_patches @ wp, B, H, W)  # (B, C, H, W)
+            g_x, g_w, _ = torch.ops.aten.convolution_backward(
+                g_grid, x_grid, wd, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], C, [True, True, False]
+            )
+            g_dw[s - 1] = g_w.reshape(-1).view(wd.shape).to(dws[s - 1].dtype)  # contiguous strides, as DDP expects
+            g_prefix = part(g, s - 1, 0, P) + g_prefix @ wp  # (B, P, 3*c_{s-1})
+            g_patches = part(g, s - 1, P, N) + _tokens(g_x, B)  # (B, H*W, 3*c_{s-1})
+        g_y1 = torch.cat((g_prefix, g_patches), dim=1) if P else g_patches  # (B, N, 3*c1)
+        return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
+
+
 class LIFE(nn.Module):
     """Multi-scale qkv projection: a drop-in replacement for ``nn.Linear(dim, 3 * out_dim)``.
 
@@ -63,13 +188,21 @@ class LIFE(nn.Module):
             (1 for a class token, 2 with a distillation token, more with register tokens, 0 for none).
         kernel_sizes: Depthwise kernel of each scale after the first, applied in cascade. ``()`` gives a
             plain linear qkv projection. Kernels must be odd so the grid keeps its size.
-        qkv_bias: Learnable bias on every projection (the scale-1 linear and the pointwise convs).
+        qkv_bias: Learnable bias on the scale-1 linear projection.
         out_dim: Channels of each of q, k and v (default ``dim``).
         norm_layer: If given, a normalisation layer (e.g. ``nn.LayerNorm``) applied to each of q, k and v.
         grid_size: Default (H, W) patch grid, used when ``forward`` gets none. Models set it per input.
+        pointwise_bias: Learnable bias on the pointwise projections (default: ``qkv_bias``; the release has none).
+        pointwise_init: ``"trunc_normal"`` (std 0.02, zero bias: timm's linear init) or ``"kaiming_uniform"``
+            (PyTorch's default for a 1x1 conv, which the release keeps). Model-wide inits do not override it.
+        shared_norm: With ``norm_layer``, one norm shared by q, k and v (the release) instead of one each.
+        prefix_keys_from_scale1: The release's class-token keys: the key of every prefix token is its scale-1 key
+            repeated over all scales, ``[k_1 k_1 ... k_1]`` (needs equal widths). Only to run models trained with
+            the release (``lifevit.release``); lifevit's own definition gives prefix keys every scale.
 
     Shapes:
-        x: (B, P + H * W, dim) -> (B, P + H * W, 3 * out_dim), laid out [q | k | v].
+        x: (B, P + H * W, dim) -> (B, P + H * W, 3 * out_dim), laid out [q | k | v]. The output has the dtype of
+        the scale-1 projection (under autocast: the autocast dtype), with and without autograd.
     """
 
     def __init__(
@@ -81,6 +214,10 @@ class LIFE(nn.Module):
         out_dim: Optional[int] = None,
         norm_layer: Optional[type[nn.Module]] = None,
         grid_size: Optional[Tuple[int, int]] = None,
+        pointwise_bias: Optional[bool] = None,
+        pointwise_init: str = "trunc_normal",
+        shared_norm: bool = False,
+        prefix_keys_from_scale1: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -91,6 +228,8 @@ class LIFE(nn.Module):
             raise ValueError(f"kernel_sizes must be odd positive integers, got {kernel_sizes}")
         if num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+        if pointwise_init not in POINTWISE_INITS:
+            raise ValueError(f"pointwise_init must be one of {POINTWISE_INITS}, got {pointwise_init!r}")
         out_dim = out_dim or dim
         self.dim = dim
         self.out_dim = out_dim
@@ -98,25 +237,43 @@ class LIFE(nn.Module):
         self.kernel_sizes = kernel_sizes
         self.widths = split_widths(out_dim, len(kernel_sizes) + 1)  # (c_1, ..., c_S)
         self.grid_size = grid_size
+        self.pointwise_init = pointwise_init
+        if prefix_keys_from_scale1 and len(set(self.widths)) > 1:
+            raise ValueError(f"prefix_keys_from_scale1 needs equal scale widths, got {self.widths} for {out_dim}")
+        self.prefix_keys_from_scale1 = prefix_keys_from_scale1
 
         c = self.widths
+        pointwise_bias = qkv_bias if pointwise_bias is None else pointwise_bias
         self.linear = nn.Linear(dim, 3 * c[0], bias=qkv_bias, **dd)  # scale 1
         self.depthwise = nn.ModuleList(
             nn.Conv2d(3 * c[i], 3 * c[i], k, padding=k // 2, groups=3 * c[i], bias=False, **dd)
             for i, k in enumerate(kernel_sizes)
         )
         self.pointwise = nn.ModuleList(
-            nn.Linear(3 * c[i], 3 * c[i + 1], bias=qkv_bias, **dd) for i in range(len(kernel_sizes))
+            Pointwise(3 * c[i], 3 * c[i + 1], bias=pointwise_bias, **dd) for i in range(len(kernel_sizes))
         )
-        if norm_layer is not None:
+        self.q_norm = self.k_norm = self.v_norm = self.qkv_norm = None
+        if norm_layer is not None and shared_norm:
+            self.qkv_norm = norm_layer(out_dim, **dd)
+        elif norm_layer is not None:
             self.q_norm, self.k_norm, self.v_norm = (norm_layer(out_dim, **dd) for _ in range(3))
-        else:
-            self.q_norm = self.k_norm = self.v_norm = None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """(Re-)initialise the pointwise projections as ``pointwise_init`` says; timm's model init calls this."""
+        for pw in self.pointwise:
+            if self.pointwise_init == "kaiming_uniform":
+                pw.reset_parameters()
+            else:
+                nn.init.trunc_normal_(pw.weight, std=0.02)
+                if pw.bias is not None:
+                    nn.init.zeros_(pw.bias)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, out_dim={self.out_dim}, widths={self.widths}, "
-            f"kernel_sizes={self.kernel_sizes}, num_prefix_tokens={self.num_prefix_tokens}"
+            f"kernel_sizes={self.kernel_sizes}, num_prefix_tokens={self.num_prefix_tokens}, "
+            f"pointwise_init={self.pointwise_init}"
         )
 
     def _grid(self, num_tokens: int, grid_size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
@@ -138,60 +295,26 @@ class LIFE(nn.Module):
             )
         return H, W
 
-    # Two ways to assemble [q_1 ... q_S | k_1 ... | v_1 ...], with the same result. Without autograd, every scale is
-    # written into one pre-allocated buffer (no concatenation copies). With autograd, in-place writes into slices
-    # of a buffer would make every backward slice-copy clone the whole gradient buffer, so the scales are
-    # concatenated instead (whose backward only takes views).
-    def _project_into_buffer(self, x: torch.Tensor, B: int, N: int, H: int, W: int) -> torch.Tensor:
-        P = self.num_prefix_tokens
-        out = x.new_empty(B, N, 3, self.out_dim)  # every scale writes its share of q, k and v here
-        y = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
-        out[..., : self.widths[0]] = y.view(B, N, 3, self.widths[0])
-        offset = self.widths[0]
-        prefix, patches = y[:, :P], y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
-        for dw, pw, c in zip(self.depthwise, self.pointwise, self.widths[1:]):
-            patches = pw(self._depthwise(dw, patches, B, H, W))  # (B, H*W, 3*c)
-            out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
-            if P:
-                prefix = pw(prefix)  # (B, P, 3*c): prefix tokens skip the depthwise conv
-                out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
-            offset += c
-        return out
-
-    def _project_with_cat(self, x: torch.Tensor, B: int, N: int, H: int, W: int) -> torch.Tensor:
-        P = self.num_prefix_tokens
-        y = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
-        scales = [y.view(B, N, 3, self.widths[0])]
-        # the prefix as its own (small) tensor, so that autograd does not keep all of y alive for it
-        prefix, patches = y[:, :P].contiguous(), y[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
-        for dw, pw, c in zip(self.depthwise, self.pointwise, self.widths[1:]):
-            patches = pw(self._depthwise(dw, patches, B, H, W))  # (B, H*W, 3*c)
-            if P:
-                prefix = pw(prefix)  # (B, P, 3*c): prefix tokens skip the depthwise conv
-                scales.append(torch.cat((prefix, patches), dim=1).view(B, N, 3, c))
-            else:
-                scales.append(patches.view(B, N, 3, c))
-        return torch.cat(scales, dim=-1) if len(scales) > 1 else scales[0]  # (B, N, 3, D)
-
-    @staticmethod
-    def _depthwise(dw: nn.Conv2d, patches: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
-        """Depthwise conv of (B, H*W, C) patch tokens on their grid, channels-last in and out: (B, H*W, C)."""
-        C = patches.shape[-1]
-        grid = patches.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), a channels-last view
-        grid = dw(grid.contiguous(memory_format=torch.channels_last))
-        return grid.permute(0, 2, 3, 1).reshape(B, H * W, C)
-
     def forward(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"LIFE expects tokens of shape (B, N, {self.dim}), got {tuple(x.shape)}")
         B, N, _ = x.shape
         H, W = self._grid(N, grid_size)
-        D = self.out_dim
-        if torch.is_grad_enabled():
-            out = self._project_with_cat(x, B, N, H, W)  # (B, N, 3, D)
+        D, P = self.out_dim, self.num_prefix_tokens
+        y1 = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
+        dws = [m.weight for m in self.depthwise]
+        pws, pbs = [m.weight for m in self.pointwise], [m.bias for m in self.pointwise]
+        eager = not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+        if eager and torch.is_grad_enabled() and len(self.widths) > 1:
+            out = _Scales.apply(y1, P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
         else:
-            out = self._project_into_buffer(x, B, N, H, W)  # (B, N, 3, D)
-        if self.q_norm is not None:
+            out = _scales_into(y1.new_empty(B, N, 3, D), y1, P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
+        if self.prefix_keys_from_scale1 and P:
+            k1 = out[:, :P, 1:2, : self.widths[0]].repeat(1, 1, 1, len(self.widths))  # (B, P, 1, D): [k_1 ... k_1]
+            out = torch.cat((torch.cat((out[:, :P, :1], k1, out[:, :P, 2:]), dim=2), out[:, P:]), dim=1)
+        if self.qkv_norm is not None:
+            out = self.qkv_norm(out)  # one norm over the D channels of each of q, k and v
+        elif self.q_norm is not None:
             q, k, v = out.unbind(2)  # each (B, N, D)
             out = torch.stack((self.q_norm(q), self.k_norm(k), self.v_norm(v)), dim=2)
         return out.view(B, N, 3 * D)

@@ -1,0 +1,48 @@
+"""LIFE under torch.export, ONNX (onnxruntime, optional) and torch.compile (slow) matches eager."""
+
+import pytest
+import torch
+
+from lifevit import LIFE
+
+
+def _layer():
+    torch.manual_seed(0)
+    m = LIFE(24, num_prefix_tokens=1, grid_size=(4, 4))
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return m, torch.randn(2, 17, 24)
+
+
+def test_torch_export_matches_eager():
+    m, x = _layer()
+    program = torch.export.export(m, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), m(x))
+
+
+def test_onnx_export_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m, x = _layer()
+    path = tmp_path / "life.onnx"
+    torch.onnx.export(m.eval(), (x,), str(path), dynamo=True)
+    (out,) = ort.InferenceSession(str(path)).run(
+        None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_forward_and_gradients_match_eager():
+    m, x = _layer()
+    x = x.requires_grad_()
+    eager = m(x)
+    g = torch.randn_like(eager)
+    eager_grads = torch.autograd.grad(eager, [x, *m.parameters()], g)
+    compiled = torch.compile(m)(x)
+    compiled_grads = torch.autograd.grad(compiled, [x, *m.parameters()], g)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
