@@ -40,7 +40,7 @@ model the 4x4 feature map is smaller than the window, so that stage attends over
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -62,7 +62,9 @@ class LIFEWindowAttention(WindowAttention):
     qkv: LIFE
 
     @classmethod
-    def from_window_attention(cls, attn: WindowAttention, kernel_sizes: Sequence[int] = (3, 5)) -> LIFEWindowAttention:
+    def from_window_attention(
+        cls, attn: WindowAttention, kernel_sizes: Sequence[int] = (3, 5), life_options: Optional[Dict[str, Any]] = None
+    ) -> LIFEWindowAttention:
         """Turn ``attn`` into a :class:`LIFEWindowAttention` in place (freshly initialised LIFE) and return it.
 
         The LIFE has biases when ``attn`` had ``q_bias``/``v_bias``. The old projection's weights are dropped;
@@ -79,6 +81,7 @@ class LIFEWindowAttention(WindowAttention):
             kernel_sizes=kernel_sizes,
             qkv_bias=attn.q_bias is not None,
             grid_size=tuple(attn.window_size),
+            **(life_options or {}),
             device=weight.device,
             dtype=weight.dtype,
         )
@@ -102,15 +105,18 @@ class LIFESwinTransformerV2(SwinTransformerV2):
 
     Args:
         life_kernel_sizes: LIFE depthwise kernels after scale 1.
+        life_options: Further LIFE options (``pointwise_bias``, ``pointwise_init``, ``shared_norm``).
         **kwargs: Passed to ``SwinTransformerV2``.
     """
 
-    def __init__(self, *args, life_kernel_sizes: Sequence[int] = (3, 5), **kwargs) -> None:
+    def __init__(
+        self, *args, life_kernel_sizes: Sequence[int] = (3, 5), life_options: Optional[Dict[str, Any]] = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         init = partial(self._init_weights, needs_reset=False)  # timm's init: trunc-normal linears, zero biases
         for stage in self.layers:
             for block in stage.blocks:
-                attn = LIFEWindowAttention.from_window_attention(block.attn, life_kernel_sizes)
+                attn = LIFEWindowAttention.from_window_attention(block.attn, life_kernel_sizes, life_options)
                 attn.qkv.apply(init)
 
     def __prepare_scriptable__(self):
@@ -129,8 +135,8 @@ def create_swinv2(variant: str, model_cls: type, pretrained: bool = False, **kwa
         hint="To start from ImageNet weights, create timm's swinv2_tiny_window8_256 with pretrained=True and "
         "convert it with lifevit.lifeify(model).",
     )
-    if "life_kernel_sizes" in kwargs and not issubclass(model_cls, LIFESwinTransformerV2):
-        raise ValueError(f"life_kernel_sizes given for {variant!r}, which has no LIFE layers")
+    if ("life_kernel_sizes" in kwargs or "life_options" in kwargs) and not issubclass(model_cls, LIFESwinTransformerV2):
+        raise ValueError(f"life_kernel_sizes / life_options given for {variant!r}, which has no LIFE layers")
     depths = kwargs.get("depths", (1, 1, 1, 1))
     out_indices = kwargs.pop("out_indices", tuple(range(len(depths))))
     return build_model_with_cfg(

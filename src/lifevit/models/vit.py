@@ -49,7 +49,9 @@ class LIFEVisionTransformerDistilled(TokenGridMixin, VisionTransformerDistilled)
 def create_vit(variant: str, model_cls: type, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """Build a ViT variant with timm's builder (pretrained config, ``features_only``, kwargs defaults).
 
-    ``life_kernel_sizes`` (optional) selects other LIFE kernels for the LIFE classes.
+    ``life_kernel_sizes`` and ``life_options`` (optional; a dict of LIFE's ``pointwise_bias``, ``pointwise_init``,
+    ``shared_norm``, ``prefix_keys_from_scale1``, e.g. ``lifevit.layers.RELEASE_OPTIONS``) configure the LIFE layers
+    of the LIFE classes.
     """
     check_pretrained(
         variant,
@@ -59,10 +61,14 @@ def create_vit(variant: str, model_cls: type, pretrained: bool = False, **kwargs
         "with lifevit.lifeify(model).",
     )
     kernel_sizes = kwargs.pop("life_kernel_sizes", None)
-    if kernel_sizes is not None:
+    life_options = kwargs.pop("life_options", None)
+    if kernel_sizes is not None or life_options is not None:
         if not issubclass(model_cls, TokenGridMixin):
-            raise ValueError(f"life_kernel_sizes given for {variant!r}, which has no LIFE layers")
-        kwargs["attn_layer"] = LIFEAttention.bind(kernel_sizes=kernel_sizes)
+            raise ValueError(f"life_kernel_sizes / life_options given for {variant!r}, which has no LIFE layers")
+        if life_options is not None and not isinstance(life_options, dict):
+            raise ValueError(f"life_options must be a mapping of LIFE options, got {life_options!r}")
+        bind_kernels = (3, 5) if kernel_sizes is None else kernel_sizes
+        kwargs["attn_layer"] = LIFEAttention.bind(kernel_sizes=bind_kernels, **(life_options or {}))
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         model_cls,
