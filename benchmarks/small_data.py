@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         # the class default of every LIFEAttention built in this process (this benchmark's runs only)
         LIFEAttention.default_life_options = dict(RELEASE_OPTIONS)
     if not args.report_only:
-        from lifevit.engine.compare import train_or_read
+        from lifevit.tasks.classification.compare import train_or_read
 
         train_or_read(
             configs(args.config, args.models, args.sizes, args.seeds, args.budget, args.extra),

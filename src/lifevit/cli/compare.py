@@ -33,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lifevit.config import build_config
-    from lifevit.engine.compare import comparison_table, train_or_read
     from lifevit.tasks.classification import ClassificationConfig
+    from lifevit.tasks.classification.compare import comparison_table, train_or_read
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")

@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from ..config import config_to_dict
-from ..tasks.classification.config import ClassificationConfig
-from .rundir import load_json
+from ...config import config_to_dict
+from ...engine.rundir import load_json
+from .config import ClassificationConfig
 
 __all__ = ["comparison_table", "run_dir_for", "train_or_read"]
 
@@ -76,8 +76,8 @@ def train_or_read(
     Raises:
         RuntimeError: A training process failed (its log file is named).
     """
-    from ..tasks.classification import ClassificationTask
-    from .trainer import fit
+    from ...engine.trainer import fit
+    from .task import ClassificationTask
 
     run_dirs = [run_dir_for(runs_dir, c) for c in configs]
     if len(set(run_dirs)) != len(run_dirs):
