@@ -327,3 +327,19 @@ def test_truncated_or_empty_weights_name_the_file_and_point_to_best(roots, tmp_p
         with pytest.raises(ValueError) as err:
             load_model(run)
         assert str(last) in str(err.value) and "best.safetensors" in str(err.value)
+
+
+def test_segment_predict_refuses_a_huge_image_at_once_instead_of_running_for_minutes(roots, tmp_path, capsys):
+    from PIL import Image
+
+    from lifevit.cli import main
+
+    run = tmp_path / "run"
+    fit(make_task("segmentation", tiny_config("segmentation", roots, epochs=1)), run)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000), (90, 120, 30)).save(big)
+    start = time.perf_counter()
+    code = main(["segment", "predict", "--checkpoint", str(run), "--images", str(big), "--output", str(tmp_path / "p")])
+    assert code == 2 and time.perf_counter() - start < 60
+    err = capsys.readouterr().err.strip()
+    assert str(big) in err and "4000 x 3000" in err and "--mode slide" in err and "\n" not in err

@@ -60,17 +60,22 @@ def add_train_parser(
     return p
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and ``--set KEY=VALUE`` (repeatable)."""
-    p.add_argument("--config", type=Path, help="YAML run config (configs/...)")
+def add_set_flag(p: argparse.ArgumentParser, example: str = "train.weight_decay=0.05") -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides``."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any config value at any depth, read as YAML, e.g. --set train.weight_decay=0.05 (repeatable)",
+        help=f"any config value at any depth, read as YAML, e.g. --set {example} (repeatable)",
     )
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE`` (repeatable)."""
+    p.add_argument("--config", type=Path, help="YAML run config (configs/...)")
+    add_set_flag(p)
 
 
 def add_value_flags(p: argparse.ArgumentParser, flags: Dict[str, Tuple[str, type, str]]) -> None:

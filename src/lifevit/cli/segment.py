@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._grammar import add_checkpoint_flag, add_predict_flags, add_train_parser, run_training
+from ._grammar import add_checkpoint_flag, add_predict_flags, add_set_flag, add_train_parser, run_training
 
 TASK_FLAGS = {
     "label_table": ("data.label_table", str, "JSON label table for non-Cityscapes data (data.label_table)"),
@@ -58,14 +58,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="multi-scale test: average the predictions at these resize factors, e.g. 0.75 1 1.25 (inference.scales)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config value at any depth, read as YAML, e.g. --set inference.batch_size=4 (repeatable)",
-    )
+    add_set_flag(p, "inference.batch_size=4")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
