@@ -53,7 +53,9 @@ def roots(tmp_path_factory):
 
     fashion = _write_fashion(tmp_path_factory.mktemp("fashion"), 40, 0)
     canvas = tmp_path_factory.mktemp("canvas")
-    make_canvas_dataset(canvas, num_train=16, num_val=4, canvas_size=48, max_items=2, seed=1, fashion_mnist_root=fashion)
+    make_canvas_dataset(
+        canvas, num_train=16, num_val=4, canvas_size=48, max_items=2, seed=1, fashion_mnist_root=fashion
+    )
     return {"fashion": fashion, "canvas": canvas}
 
 
@@ -222,8 +224,9 @@ def _config_file(task, roots, path: Path, **train) -> Path:
     return path
 
 
-@pytest.mark.parametrize("task,sig", [("classification", signal.SIGINT), ("detection", signal.SIGTERM),
-                                      ("segmentation", signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "task,sig", [("classification", signal.SIGINT), ("detection", signal.SIGTERM), ("segmentation", signal.SIGTERM)]
+)
 def test_a_signal_stops_with_one_line_and_keeps_the_last_checkpoint(task, sig, roots, tmp_path):
     cfg_file = _config_file(task, roots, tmp_path / "cfg.yaml", epochs=200)
     out = tmp_path / "run"
@@ -250,17 +253,34 @@ def test_two_gloo_processes_equal_one_process(task, roots, tmp_path):
     # no per-process randomness: no augmentation (the streams differ per process), drop-path off; SGD, because
     # Adam turns float noise in an exactly-zero gradient into full-size steps
     common = {"opt": "sgd", "lr": 0.05, "ema": False}
-    overrides = {"classification": ["aug.hflip=0.0", "aug.crop_padding=0"],
-                 "detection": ["data.augment=none"],
-                 "segmentation": ["data.hflip=0.0", "data.crop_size=[48, 48]"]}[task]
+    overrides = {
+        "classification": ["aug.hflip=0.0", "aug.crop_padding=0"],
+        "detection": ["data.augment=none"],
+        "segmentation": ["data.hflip=0.0", "data.crop_size=[48, 48]"],
+    }[task]
     one_cfg = tiny_config(task, roots, batch_size=4, **common)
     one_cfg = build_config(type(one_cfg), base=config_to_dict(one_cfg), overrides=overrides)
     fit(make_task(task, one_cfg), tmp_path / "one")
     two = build_config(type(one_cfg), base=config_to_dict(one_cfg), overrides=["train.batch_size=2"])
     cfg_file = tmp_path / "two.yaml"
     cfg_file.write_text(yaml.safe_dump(config_to_dict(two)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lifevit",
-           *_cli(task), "train", "--config", str(cfg_file), "--output", str(tmp_path / "two"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lifevit",
+        *_cli(task),
+        "train",
+        "--config",
+        str(cfg_file),
+        "--output",
+        str(tmp_path / "two"),
+        "--json",
+    ]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "grad strides do not match" not in proc.stderr
@@ -301,14 +321,24 @@ def test_a_planted_pickle_is_never_executed(roots, tmp_path):
     (ckpts / "last.state.json").unlink()
     (ckpts / "last.state.safetensors").unlink()
     with pytest.raises(ValueError, match="never opened"):
-        fit(make_task("classification", build_config(type(cfg), base=config_to_dict(cfg), overrides=["train.epochs=2"])),
-            run, resume=True)
+        fit(
+            make_task(
+                "classification", build_config(type(cfg), base=config_to_dict(cfg), overrides=["train.epochs=2"])
+            ),
+            run,
+            resume=True,
+        )
     # a pickle planted under the safetensors names is refused as unreadable
     (ckpts / "last.state.json").write_text(json.dumps({"id": load_checkpoint(run).id}))
     (ckpts / "last.state.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(ValueError, match="not readable"):
-        fit(make_task("classification", build_config(type(cfg), base=config_to_dict(cfg), overrides=["train.epochs=2"])),
-            run, resume=True)
+        fit(
+            make_task(
+                "classification", build_config(type(cfg), base=config_to_dict(cfg), overrides=["train.epochs=2"])
+            ),
+            run,
+            resume=True,
+        )
     (ckpts / "best.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(ValueError, match="not a readable lifevit checkpoint"):
         load_model(ckpts / "best.safetensors")

@@ -60,5 +60,3 @@ class SegmentationTransform:
     def __call__(self, image: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         image, target = self.transform(tv_tensors.Image(image), tv_tensors.Mask(target))
         return image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
-
-
