@@ -66,7 +66,7 @@ def _train_command(task: str, variant: str, run: Path, args: argparse.Namespace)
             "--threads", str(args.threads), "--device", "cpu", "--seed", str(args.seed), "--no-progress",
             "--set", f"train.eval_interval={args.cls_epochs}", "--output", str(run),
         ]  # fmt: skip
-    data = args.work_dir / "canvas"
+    data = canvas_root(args)
     if task == "segmentation":
         return _lifevit() + [
             "segment", "train", "--config", str(configs / "segmentation/canvas_vit_lite_life.yaml"),
@@ -104,14 +104,15 @@ def train_with_snapshots(task: str, variant: str, args: argparse.Namespace) -> P
     """
     base = args.work_dir / task / variant
     snaps = base / "snapshots"
-    if (base / "done").is_file():
-        _logger.info("reusing %s", base)
-        return snaps
-    if base.exists():
-        shutil.rmtree(base)
-    snaps.mkdir(parents=True)
     run = base / "run"
     cmd = _train_command(task, variant, run, args)
+    done = base / "done.json"
+    if done.is_file() and json.loads(done.read_text()).get("command") == cmd:
+        _logger.info("reusing %s", base)
+        return snaps
+    if base.exists():  # unfinished, or made by another command (other epochs, data, package)
+        shutil.rmtree(base)
+    snaps.mkdir(parents=True)
     _logger.info("%s %s: %s", task, variant, " ".join(cmd))
     log = open(base / "train.log", "w")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -138,12 +139,17 @@ def train_with_snapshots(task: str, variant: str, args: argparse.Namespace) -> P
     log.close()
     if proc.returncode != 0:
         raise RuntimeError(f"training {task}/{variant} failed (exit {proc.returncode}); see {base / 'train.log'}")
-    (base / "done").write_text(f"{count} snapshots\n")
+    done.write_text(json.dumps({"command": cmd, "snapshots": count}) + "\n")
     return snaps
 
 
+def canvas_root(args: argparse.Namespace) -> Path:
+    """The canvas set of these counts and seed (a folder per setting, so a changed default never reuses another)."""
+    return args.work_dir / f"canvas_{args.canvas_train}_{args.canvas_val}_s{args.seed}"
+
+
 def make_canvas(args: argparse.Namespace) -> Path:
-    root = args.work_dir / "canvas"
+    root = canvas_root(args)
     if not (root / "cityscapes" / "canvas_classes.json").is_file():
         subprocess.run(
             _lifevit() + ["data", "canvas", "--output", str(root), "--num-train", str(args.canvas_train),
@@ -391,7 +397,7 @@ def task_batch(task: str, args: argparse.Namespace, loaded) -> Dict[str, object]
         y = torch.tensor(json.loads((folder / "labels.json").read_text()))
         names = loaded.class_names or [str(i) for i in range(10)]
         return {"x": torch.stack(xs), "y": y, "pixels": list(pixels), "class_names": names}
-    val = load_canvas_val(args.work_dir / "canvas")[: args.canvas_eval]
+    val = load_canvas_val(canvas_root(args))[: args.canvas_eval]
     xs, pixels = zip(*(loaded.preprocess(v["path"]) for v in val))
     names = list(loaded.class_names)
     if task == "detection":
@@ -480,6 +486,16 @@ def markdown(results: Dict[str, Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_minutes() -> Dict[str, float]:
+    """CPU time so far (user + system): this process (the evaluation) and its finished children (the trainings)."""
+    import resource
+
+    used = {k: resource.getrusage(w) for k, w in (("eval", resource.RUSAGE_SELF), ("train", resource.RUSAGE_CHILDREN))}
+    out = {k: round((r.ru_utime + r.ru_stime) / 60, 2) for k, r in used.items()}
+    out["total"] = round(out["eval"] + out["train"], 2)
+    return out
+
+
 def evaluate_all(args: argparse.Namespace, train_seconds: float) -> Dict[str, object]:
     import torch
 
@@ -500,12 +516,14 @@ def evaluate_all(args: argparse.Namespace, train_seconds: float) -> Dict[str, ob
         "torch": torch.__version__,
         "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - t0,
+        "cpu_minutes": cpu_minutes(),
         "results": results,
     }
     (args.output / "results.json").write_text(json.dumps(report, indent=2))
     md = markdown(results)
     (args.output / "results.md").write_text(md)
     print(md)
+    print(f"CPU minutes: {report['cpu_minutes']}")
     return report
 
 
@@ -524,15 +542,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--lifevit-src", type=Path, help="train with the lifevit package (and configs) of this src/ folder's parent"
     )
-    p.add_argument("--parallel", type=int, default=6, help="trainings run at the same time")
+    p.add_argument(
+        "--parallel", type=int, default=os.cpu_count() or 1, help="trainings run at the same time (default: CPUs)"
+    )
     p.add_argument("--cls-train-samples", type=int, default=3000, help="Fashion-MNIST training images")
-    p.add_argument("--cls-epochs", type=int, default=4, help="classifier epochs")
+    p.add_argument("--cls-epochs", type=int, default=6, help="classifier epochs")
     p.add_argument("--cls-eval", type=int, default=100, help="Fashion-MNIST test images explained")
-    p.add_argument("--canvas-train", type=int, default=300, help="training canvases")
+    p.add_argument("--canvas-train", type=int, default=1000, help="training canvases")
     p.add_argument("--canvas-val", type=int, default=60, help="validation canvases (all explained)")
     p.add_argument("--canvas-eval", type=int, default=None, help="validation canvases explained (default: all)")
-    p.add_argument("--seg-epochs", type=int, default=3, help="segmentation epochs")
-    p.add_argument("--det-epochs", type=int, default=3, help="detection epochs")
+    p.add_argument("--seg-epochs", type=int, default=10, help="segmentation epochs")
+    p.add_argument("--det-epochs", type=int, default=10, help="detection epochs")
     p.add_argument("--head-fusion", default="mean", help="roll-out head fusion (mean, max, min)")
     p.add_argument("--figure-images", type=int, default=3, help="images per variant in each figure")
     p.add_argument("--eval-threads", type=int, default=2, help="torch threads for the evaluation")
@@ -574,4 +594,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # bad arguments, missing data, a failed training
+        sys.exit(f"explain_quality.py: {err}")

@@ -13,10 +13,12 @@ Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.
     python benchmarks/life_overhead.py --rows deit_t_32 --ways resident --rounds 5
     python benchmarks/life_overhead.py --device cuda --rows deit_t_224 --batch-scale 16
     python benchmarks/life_overhead.py --rows deit_t_32 --compile    # torch.compile (inductor) both models too
+    python benchmarks/life_overhead.py --rows deit_t_32 --breakdown  # where LIFE's extra time goes, per operator
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the process's peak resident
-set size (``ru_maxrss``) minus its resident size before the first step (activations, gradients, optimizer state
-and allocator slack). MACs: ``lifevit.profile.count_macs`` of one image.
+set size from just before the first step (Linux ``VmHWM`` after a reset through ``/proc/self/clear_refs``, else
+``ru_maxrss``) minus its resident size then (activations, gradients, optimizer state and allocator slack).
+MACs: ``lifevit.profile.count_macs`` of one image.
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ def _build(name: str, img_size: int, num_classes: int):
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) so that building the model does not count; False if we cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(reset: bool) -> float:
+    """Peak RSS since the reset (``VmHWM``), else since the start of the process (``ru_maxrss``)."""
+    if reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _setup(args):
@@ -102,6 +124,7 @@ def worker(args) -> None:
     batch = batch * args.batch_scale
     step = _stepper(torch, _build(args.model, img, args.num_classes), args.mode, batch, img, args.num_classes,
                     device, args.compile)  # fmt: skip
+    reset = _reset_peak_rss()
     rss0 = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -115,7 +138,7 @@ def worker(args) -> None:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+        peak = _peak_rss_mb(reset) - rss0
     print(json.dumps({"step_s": statistics.median(times), "peak_mb": peak}))
 
 
@@ -174,6 +197,69 @@ def mac_ratio(row: str, num_classes: int) -> Dict[str, float]:
     return dict(plain_gmacs=macs[plain] / 1e9, life_gmacs=macs[life] / 1e9, mac_ratio=macs[life] / macs[plain])
 
 
+# operator families of the breakdown (self CPU time of the profiler's operators, summed per family)
+FAMILIES = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "depthwise conv forward": ("aten::mkldnn_convolution",),
+    "depthwise conv backward": ("aten::convolution_backward",),
+    "copies": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous"),
+    "attention": (
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    ),
+}  # fmt: skip
+
+
+def breakdown(args, row: str, mode: str, steps: int = 3) -> List[Dict[str, float]]:
+    """Self CPU time per step by operator family (torch.profiler), plain and LIFE, and the difference.
+
+    The families cover the operators whose time LIFE changes: its three projections replace the one qkv matmul
+    (the same MACs), its depthwise convs (forward, and backward with the recomputation), the copies into its output
+    buffer; "other" is everything else (norms, GELU, the optimizer, ...). Profiling adds its own overhead, so the
+    totals run above the plain timings.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch = _setup(args)
+    device = torch.device(args.device)
+    plain, life, img, batch, _ = ROWS[row]
+    family_of = {op: fam for fam, ops in FAMILIES.items() for op in ops}
+    per_family: Dict[str, Dict[str, float]] = {}
+    for name in (plain, life):
+        step = _stepper(torch, _build(name, img, args.num_classes), mode, batch * args.batch_scale, img,
+                        args.num_classes, device, False)  # fmt: skip
+        for _ in range(args.warmup):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        fams: Dict[str, float] = {f: 0.0 for f in (*FAMILIES, "other")}
+        for e in prof.key_averages():
+            if e.key.startswith("aten::") or e.key.startswith("Optimizer") or e.key.startswith("_Scales"):
+                fams[family_of.get(e.key, "other")] += e.self_cpu_time_total / 1e3 / steps
+        per_family[name] = fams
+    total = {n: sum(v.values()) for n, v in per_family.items()}
+    print(f"{row} {mode}: self CPU per step {total[plain]:.1f} -> {total[life]:.1f} ms "
+          f"(x{total[life] / total[plain]:.3f}), by operator family:")  # fmt: skip
+    out = []
+    for fam in (*FAMILIES, "other"):
+        a, b = per_family[plain][fam], per_family[life][fam]
+        out.append(dict(row=row, mode=mode, family=fam, plain_ms=a, life_ms=b))
+        print(
+            f"  {fam:24} {a:8.1f} -> {b:8.1f} ms  ({b - a:+7.1f} ms, {100 * (b - a) / total[plain]:+5.1f} % of plain)"
+        )
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return names[0] if names else platform.processor() or "cpu"
+    except OSError:
+        return platform.processor() or "cpu"
+
+
 def _line(r: Dict) -> str:
     mem = ""
     if "mem_ratio" in r:
@@ -195,6 +281,8 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--allocator", default="system", choices=["system", "keep"], help="glibc defaults or keep")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (minutes of compilation)")
+    p.add_argument("--breakdown", action="store_true", help="per-operator self CPU time, LIFE minus plain (profiler)")
+    p.add_argument("--update", action="store_true", help="replace only the measured rows in an existing --output")
     p.add_argument("--output", type=Path, default=None, help="JSON (default benchmarks/results/life_overhead.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--row", help=argparse.SUPPRESS)
@@ -203,6 +291,12 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+
+    if args.breakdown:
+        for row in args.rows:
+            for mode in args.modes:
+                breakdown(args, row, mode)
+        return None
 
     import torch
 
@@ -218,7 +312,7 @@ def main() -> None:
                          mode=mode, **r, **macs)  # fmt: skip
                 rows.append(r)
                 print(_line(r), flush=True)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
     meta = dict(
         device=args.device, device_name=device_name, threads=args.threads, rounds=args.rounds,
         allocator=args.allocator, compile=args.compile, torch=torch.__version__, cpu_count=os.cpu_count(),
@@ -227,6 +321,12 @@ def main() -> None:
     )  # fmt: skip
     out = args.output or RESULTS / "life_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.update and out.is_file():  # keep the other rows (and the meta of the run that measured them)
+        old = json.loads(out.read_text())
+        key = lambda r: (r["row"], r["way"], r["mode"])  # noqa: E731
+        new = {key(r) for r in rows}
+        rows = [r for r in old["rows"] if key(r) not in new] + rows
+        meta = dict(old["meta"], updates=[*old["meta"].get("updates", []), meta])
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out} in {meta['seconds']} s")
 

@@ -121,23 +121,25 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="config override, e.g. train.device=cuda")
     p.add_argument(
         "--life-options",
-        choices=["lifevit", "release"],
-        default="lifevit",
-        help="LIFE's pointwise bias / init / norm sharing: lifevit's defaults or the release's (RELEASE_OPTIONS); "
-        "runs train in this process (--jobs 1) so the choice reaches every model",
+        choices=["default", "release", "lifevit-0.1"],
+        default="default",
+        help="LIFE's pointwise bias / init / norm sharing: LIFE's defaults (since 2026-12-02 the release's), the "
+        "release's (RELEASE_OPTIONS, the same) or lifevit 0.1's (LIFEVIT_0_1_OPTIONS: pointwise bias, truncated "
+        "normal init); other than the default, runs train in this process (--jobs 1) so the choice reaches every model",
     )
     p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "small_data_table.md")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "small_data.png")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.life_options == "release" and not args.report_only:
+    if args.life_options != "default" and not args.report_only:
         if args.jobs != 1:
-            raise SystemExit("--life-options release trains in this process: pass --jobs 1")
-        from lifevit.layers import RELEASE_OPTIONS, LIFEAttention
+            raise SystemExit(f"--life-options {args.life_options} trains in this process: pass --jobs 1")
+        from lifevit.layers import LIFEVIT_0_1_OPTIONS, RELEASE_OPTIONS, LIFEAttention
 
         # the class default of every LIFEAttention built in this process (this benchmark's runs only)
-        LIFEAttention.default_life_options = dict(RELEASE_OPTIONS)
+        options = RELEASE_OPTIONS if args.life_options == "release" else LIFEVIT_0_1_OPTIONS
+        LIFEAttention.default_life_options = dict(options)
     if not args.report_only:
         from lifevit.tasks.classification.compare import train_or_read
 
@@ -156,4 +158,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # a bad --set, missing data, a failed run
+        sys.exit(f"small_data.py: {err}")

@@ -101,3 +101,36 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
     assert main(["segment", "train", "--config", str(bad), "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"config file {bad} is not valid YAML" in err and "line" in err and "\n" not in err
+
+
+def test_dense_tasks_take_life_options_and_refuse_unknown_ones():
+    from lifevit.config import LIFE_OPTION_NAMES
+    from lifevit.layers import LIFE_OPTIONS
+    from lifevit.tasks.detection.config import ModelConfig as DetModel
+    from lifevit.tasks.segmentation.config import ModelConfig as SegModel
+
+    assert LIFE_OPTION_NAMES == LIFE_OPTIONS
+    for cls in (DetModel, SegModel):
+        assert cls(life_options={"pointwise_bias": True}).life_options == {"pointwise_bias": True}
+        with pytest.raises(ValueError, match="unknown LIFE option.*'bias'.*valid: pointwise_bias"):
+            cls(life_options={"bias": True})
+
+
+def test_life_options_reach_the_dense_models_and_a_plain_backbone_ignores_them():
+    from lifevit.layers.attention import life_layers
+    from lifevit.tasks.detection.config import ModelConfig as DetModel
+    from lifevit.tasks.detection.model import build_detector
+    from lifevit.tasks.segmentation.config import ModelConfig as SegModel
+    from lifevit.tasks.segmentation.model import build_segmenter
+
+    opts = {"pointwise_init": "trunc_normal", "pointwise_bias": True}
+    small = {"depth": 1, "patch_size": 7}
+    for backbone in ("vit_lite_patch4_28", "vit_lite_patch4_28_life"):
+        seg = build_segmenter(SegModel(backbone=backbone, decoder="linear", num_classes=2, img_size=(28, 28),
+                                       in_chans=1, life_options=opts, backbone_kwargs=small))  # fmt: skip
+        det = build_detector(DetModel(backbone=backbone, backbone_kwargs={**small, "in_chans": 1}, dec_layers=1,
+                                      life_options=opts), num_classes=2, img_size=28)  # fmt: skip
+        assert len(list(life_layers(seg))) == (1 if backbone.endswith("_life") else 0)
+        assert len(list(life_layers(det))) == (2 if backbone.endswith("_life") else 1)  # + the encdec_life encoder
+        for layer in (*life_layers(seg), *life_layers(det)):
+            assert layer.pointwise_init == "trunc_normal" and all(pw.bias is not None for pw in layer.pointwise)

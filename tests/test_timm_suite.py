@@ -10,7 +10,7 @@ pip cannot reach the package registry) and its ``tests/test_models.py`` is run i
   directly: forward_intermediates, features_only via the feature getter, prune_intermediate_layers, and the
   non-standard config check for T2T-ViT (see ``timm_suite_helper.NON_STD_EXTRA``).
 
-Exclusions (each also printed by the run): TorchScript for LIFE models (``lifevit.models.TORCHSCRIPT_EXCLUDE_FILTERS``,
+Exclusions (each also printed by the run): TorchScript for LIFE and T2T-ViT models (``TORCHSCRIPT_EXCLUDE_FILTERS``,
 TorchScript is deprecated; see docs/backbones.md), and timm's standard config test for T2T-ViT, which is a ViT.
 """
 
@@ -58,7 +58,9 @@ def _direct_cases():
         for name in NOT_IN_TIMM_MODULES:
             # the prune contract prunes a copy at every feature index: minutes per model on a CPU, always slow
             fast = name in DIRECT_FAST and test != "test_prune_intermediate_layers_contract"
-            cases.append(pytest.param(test, name, marks=() if fast else pytest.mark.slow))
+            # SwinV2 with 1-px patches at 64 px runs a 64 x 64 token grid: longer than the default 900 s per test
+            marks = () if fast else (pytest.mark.slow, pytest.mark.timeout(3 * 3600))
+            cases.append(pytest.param(test, name, marks=marks))
     for name in list_lifevit_models():
         if fnmatch.fnmatch(name, helper.NON_STD_EXTRA):
             marks = () if name in DIRECT_FAST else pytest.mark.slow

@@ -6,7 +6,7 @@
 import importlib
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["LIFE", "LIFEAttention", "lifeify", "list_lifevit_models", "__version__"]
 

@@ -147,6 +147,22 @@ def check_model_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{key} has no value; in YAML write {{{key}: value}} (with a space after ':')")
 
 
+# ``lifevit.layers.LIFE_OPTIONS``, spelled out so that reading a config imports no torch (a test keeps them equal)
+LIFE_OPTION_NAMES = ("pointwise_bias", "pointwise_init", "shared_norm", "prefix_keys_from_scale1")
+
+
+def check_life_options(options: Mapping[str, Any], where: str) -> None:
+    """Refuse LIFE options other than ``lifevit.layers.LIFE_OPTIONS`` (one line naming the valid ones)."""
+    valid = LIFE_OPTION_NAMES
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{where} must be a mapping of LIFE options, got {options!r}")
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown LIFE option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}"
+        )
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

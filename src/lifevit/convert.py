@@ -16,8 +16,8 @@ Initialisation of the LIFE from the pretrained projection ``W`` (rows ``[q | k |
   of q, k and v, so it reproduces that slice of the original q/k/v exactly (with widths split evenly, the first
   third of every head's channels for 3 heads, the first heads for more heads: with 6 heads of 64 channels and
   c_1 = 128, heads 0-1 of q, k and v are exactly the pretrained ones). The depthwise convs keep PyTorch's default
-  initialisation and the pointwise layers get timm's linear init (truncated normal, std 0.02, zero bias):
-  scales 2 and 3 start from scratch and are learned during fine-tuning.
+  initialisation and the pointwise layers the LIFE layer's ``pointwise_init`` (by default PyTorch's kaiming-uniform,
+  as in the release): scales 2 and 3 start from scratch and are learned during fine-tuning.
 * ``init="preserve"``: the converted model computes the same function as the pretrained one. Scale 1 as above;
   the depthwise kernels start as identities (centre tap 1), and each pointwise layer ``P_s`` is the
   least-squares solution of ``P_s A_{s-1} = W_s`` (``A_{s-1}``: effective weight of the previous scale, ``W_s``:
@@ -27,7 +27,9 @@ Initialisation of the LIFE from the pretrained projection ``W`` (rows ``[q | k |
   the weight slices (entries of ~5e3 for a freshly initialised DeiT-T block, condition number ~760) and float32
   round-off is amplified by roughly the product of the condition numbers (about 7 % relative output error for
   that block in float32, 1e-12 in float64). Useful to check a conversion in float64; for fine-tuning prefer
-  ``"slice"``, whose weights are of ordinary size.
+  ``"slice"``, whose weights are of ordinary size. Its pointwise layers have biases (where the qkv has one), so
+  its state dict loads into the registered ``*_life`` model built with ``life_options={"pointwise_bias": True}``;
+  ``"slice"`` gives LIFE's default layout (no pointwise bias), which loads into the registered model as it is.
 
 The model is then made to track its token grid: a ViT's class is switched to the matching
 :class:`~lifevit.layers.TokenGridMixin` subclass (``VisionTransformer`` -> ``LIFEVisionTransformer``,
@@ -42,7 +44,7 @@ import math
 from typing import Optional, Sequence
 
 import torch
-from timm.layers import Attention, trunc_normal_
+from timm.layers import Attention
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.swin_transformer_v2 import SwinTransformerV2, WindowAttention
 from timm.models.vision_transformer import VisionTransformer
@@ -105,10 +107,7 @@ def init_life_from_linear(
     if life.linear.bias is not None:
         life.linear.bias.copy_(_scale_rows(b, widths, 0))
     if init == "slice":
-        for pw in life.pointwise:
-            trunc_normal_(pw.weight, std=0.02)
-            if pw.bias is not None:
-                nn.init.zeros_(pw.bias)
+        life.init_weights()  # the pointwise layers' own init (``pointwise_init``)
         return float("nan")
 
     A = _scale_rows(W, widths, 0)  # effective weight of the current scale, (3 * c_s, dim)
@@ -131,6 +130,12 @@ def init_life_from_linear(
     return float(torch.stack(errors).sum().sqrt() / W.norm().cpu())
 
 
+def _pointwise_bias(init: str) -> Optional[bool]:
+    """``slice``: LIFE's default (no pointwise bias), so the result loads into the registered ``*_life`` model;
+    ``preserve``: a pointwise bias wherever the qkv has one (``None``), which reproducing the qkv bias needs."""
+    return None if init == "preserve" else False
+
+
 def _lifeify_vit(model: VisionTransformer, kernel_sizes: Sequence[int], init: str) -> float:
     for i, block in enumerate(model.blocks):  # check every block before changing any
         attn = getattr(block, "attn", None)
@@ -148,6 +153,7 @@ def _lifeify_vit(model: VisionTransformer, kernel_sizes: Sequence[int], init: st
             num_prefix_tokens=model.num_prefix_tokens,
             kernel_sizes=kernel_sizes,
             qkv_bias=qkv.bias is not None,
+            pointwise_bias=_pointwise_bias(init),
             out_dim=qkv.out_features // 3,
             device=qkv.weight.device,
             dtype=qkv.weight.dtype,
@@ -168,7 +174,9 @@ def _lifeify_swinv2(model: SwinTransformerV2, kernel_sizes: Sequence[int], init:
             bias = None
         else:
             bias = torch.cat((module.q_bias, torch.zeros_like(module.q_bias), module.v_bias))
-        attn = LIFEWindowAttention.from_window_attention(module, kernel_sizes)
+        attn = LIFEWindowAttention.from_window_attention(
+            module, kernel_sizes, {"pointwise_bias": _pointwise_bias(init)}
+        )
         err = init_life_from_linear(attn.qkv, weight, bias, init)
         worst = worst if math.isnan(err) else max(worst, err)
     return worst

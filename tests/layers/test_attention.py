@@ -32,7 +32,7 @@ def test_bind_changes_kernels_and_norm():
     cls = LIFEAttention.bind(kernel_sizes=(3, 3, 3), qkv_norm=True)
     attn = cls(60, num_heads=3)
     assert attn.qkv.kernel_sizes == (3, 3, 3) and attn.qkv.widths == (15, 15, 15, 15)
-    assert attn.qkv.q_norm is not None
+    assert attn.qkv.qkv_norm is not None  # one norm for q, k and v by default, as in the release
     assert LIFEAttention(60, num_heads=3).qkv.kernel_sizes == (3, 5)  # the base class is unchanged
 
 

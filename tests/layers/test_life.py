@@ -250,7 +250,10 @@ def test_one_output_dtype_under_autocast(grad):
 def test_pointwise_bias_option():
     m = LIFE(24, qkv_bias=True, pointwise_bias=False)
     assert m.linear.bias is not None and all(pw.bias is None for pw in m.pointwise)
-    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in LIFE(24).parameters()) - 2 * 24
+    biased = LIFE(24, pointwise_bias=True)
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in biased.parameters()) - 2 * 24
+    assert all(pw.bias is None for pw in LIFE(24).pointwise)  # the default, as in the release
+    assert all(pw.bias is not None for pw in LIFE(24, pointwise_bias=None).pointwise)  # None: as qkv_bias
 
 
 @pytest.mark.parametrize("init,std", [("trunc_normal", 0.02), ("kaiming_uniform", (3 * 192) ** -0.5)])
@@ -274,8 +277,8 @@ def test_pointwise_init_survives_timm_model_init(init, std):
             assert pw.weight.std().item() == pytest.approx(std, rel=0.1)
         assert layer.linear.weight.std().item() == pytest.approx(0.02, rel=0.1)  # scale 1: timm's init
     swin = timm.create_model("swinv2_tiny_patch1_window8_32_life", depths=(1, 1, 1, 1))
-    pw = swin.layers[2].blocks[0].attn.qkv.pointwise[0]  # 384 channels
-    assert pw.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    pw = swin.layers[2].blocks[0].attn.qkv.pointwise[0]  # 384 channels, the default kaiming-uniform init
+    assert pw.weight.std().item() == pytest.approx((3 * 384) ** -0.5, rel=0.1)
 
 
 def test_shared_norm_is_one_layernorm_for_q_k_v():
@@ -289,7 +292,7 @@ def test_shared_norm_is_one_layernorm_for_q_k_v():
     raw = plain(x, grid_size=(4, 4)).view(2, 17, 3, 32)
     expected = F.layer_norm(raw, (32,), m.qkv_norm.weight, m.qkv_norm.bias)  # the same weights for q, k and v
     torch.testing.assert_close(m(x, grid_size=(4, 4)).view(2, 17, 3, 32), expected)
-    separate = LIFE(32, norm_layer=nn.LayerNorm)
+    separate = LIFE(32, norm_layer=nn.LayerNorm, shared_norm=False)
     assert sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in m.parameters()) == 2 * 2 * 32
 
 

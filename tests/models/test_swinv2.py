@@ -52,10 +52,12 @@ def test_param_count_matches_paper_increment():
     plain = timm.create_model("swinv2_tiny_window8_256", num_classes=100)
     life = timm.create_model("swinv2_tiny_window8_256_life", num_classes=100)
     assert isinstance(life, LIFESwinTransformerV2)
-    # per block of width C (C / 3 per scale): depthwise 34 C, pointwise 2 C^2 + 2 C, linear C^2 + C; the plain
-    # projection has 3 C^2 + 2 C (q and v biases): LIFE adds 35 C per block
+    # per block of width C (C / 3 per scale): depthwise 34 C, pointwise 2 C^2 (bias-free by default, as in the
+    # release), linear C^2 + C; the plain projection has 3 C^2 + 2 C (q and v biases): LIFE adds 33 C per block
     widths = [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
-    assert count_params(life) - count_params(plain) == 35 * sum(widths) == 154_560
+    assert count_params(life) - count_params(plain) == 33 * sum(widths) == 145_728
+    old = timm.create_model("swinv2_tiny_window8_256_life", num_classes=100, life_options={"pointwise_bias": True})
+    assert count_params(old) - count_params(plain) == 35 * sum(widths) == 154_560  # + 2 C of pointwise biases
 
 
 def _block_pair(shift: bool):

@@ -135,7 +135,7 @@ def test_t2t_refuses_another_size_with_a_clear_error():
         model(torch.randn(1, 3, 40, 32))
 
 
-@pytest.mark.parametrize("name", ["vit_lite_patch4_28_life", "swinv2_tiny_patch1_window8_32_life"])
+@pytest.mark.parametrize("name", ["vit_lite_patch4_28_life", "swinv2_tiny_patch1_window8_32_life", "t2t_vit_12_32"])
 def test_torchscript_is_refused_with_a_pointer_to_export(name):
     model = timm.create_model(name, **_shallow(name))
     with pytest.raises(RuntimeError, match="does not support TorchScript.*torch.export"):

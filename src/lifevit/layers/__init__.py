@@ -1,13 +1,14 @@
 """Layers: the LIFE projection and the attention that uses it."""
 
 from .attention import LIFEAttention, TokenGridMixin, life_layers, set_token_layout
-from .life import LIFE, LIFE_OPTIONS, POINTWISE_INITS, RELEASE_OPTIONS, Pointwise, split_widths
+from .life import LIFE, LIFE_OPTIONS, LIFEVIT_0_1_OPTIONS, POINTWISE_INITS, RELEASE_OPTIONS, Pointwise, split_widths
 
 __all__ = [
     "LIFE",
     "LIFE_OPTIONS",
     "POINTWISE_INITS",
     "RELEASE_OPTIONS",
+    "LIFEVIT_0_1_OPTIONS",
     "LIFEAttention",
     "Pointwise",
     "TokenGridMixin",

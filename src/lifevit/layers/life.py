@@ -43,13 +43,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS"]
+__all__ = [
+    "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
+]  # fmt: skip
 
 POINTWISE_INITS = ("trunc_normal", "kaiming_uniform")
 # the LIFE choices a model passes on to its layers (``LIFEAttention.bind``)
 LIFE_OPTIONS = ("pointwise_bias", "pointwise_init", "shared_norm", "prefix_keys_from_scale1")
-# NeurAI-Lab/LIFE's MultiscaleQKV: bias-free 1x1 convs with PyTorch's default init, one LayerNorm for q, k and v
+# NeurAI-Lab/LIFE's MultiscaleQKV: bias-free 1x1 convs with PyTorch's default init, one LayerNorm for q, k and v.
+# These are LIFE's defaults since 2026-12-02: they won the small-data grid (docs/small_data.md).
 RELEASE_OPTIONS = {"pointwise_bias": False, "pointwise_init": "kaiming_uniform", "shared_norm": True}
+# lifevit 0.1's defaults (pointwise bias as the qkv bias, timm's truncated normal, one norm each): the options the
+# canvas detection / segmentation records were measured with (their configs pin them)
+LIFEVIT_0_1_OPTIONS = {"pointwise_bias": None, "pointwise_init": "trunc_normal", "shared_norm": False}
 
 
 def split_widths(dim: int, num_scales: int) -> Tuple[int, ...]:
@@ -156,7 +162,11 @@ class _Scales(torch.autograd.Function):
         def part(t, s, lo, hi):  # tokens lo:hi of scale s of a (B, N, 3, D) tensor, dense (B, n, 3*c_s)
             return t[:, lo:hi, :, starts[s] : starts[s] + widths[s]].reshape(B, hi - lo, 3 * widths[s])
 
+        def slot(t, s, lo, hi):  # the same tokens as a (B, n, 3, c_s) view, no copy
+            return t[:, lo:hi, :, starts[s] : starts[s] + widths[s]]
+
         g_dw, g_pw, g_pb = [None] * S1, [None] * S1, [None] * S1
+        g_y1 = g.new_empty(B, N, 3 * widths[0])  # the result: (B, N, 3*c1), written in place below (no cat)
         g_prefix, g_patches = part(g, S1, 0, P), part(g, S1, P, N)  # gradient reaching scale s (starting at S)
         for s in range(S1, 0, -1):
             wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
@@ -173,9 +183,13 @@ class _Scales(torch.autograd.Function):
                 g_grid, x_grid, wd, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], C, [True, True, False]
             )
             g_dw[s - 1] = g_w.reshape(-1).view(wd.shape).to(dws[s - 1].dtype)  # contiguous strides, as DDP expects
-            g_prefix = part(g, s - 1, 0, P) + g_prefix @ wp  # (B, P, 3*c_{s-1})
-            g_patches = part(g, s - 1, P, N) + _tokens(g_x, B)  # (B, H*W, 3*c_{s-1})
-        g_y1 = torch.cat((g_prefix, g_patches), dim=1) if P else g_patches  # (B, N, 3*c1)
+            # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s; the sums read g's
+            # slots in place and the last ones (scale 1) are written straight into g_y1
+            c = widths[s - 1]
+            into = (g_y1[:, :P].view(B, P, 3, c), g_y1[:, P:].view(B, N - P, 3, c)) if s == 1 else (None, None)
+            g_prefix = torch.add(slot(g, s - 1, 0, P), (g_prefix @ wp).view(B, P, 3, c), out=into[0])
+            g_patches = torch.add(slot(g, s - 1, P, N), _tokens(g_x, B).view(B, N - P, 3, c), out=into[1])
+            g_prefix, g_patches = g_prefix.reshape(B, P, 3 * c), g_patches.reshape(B, N - P, 3 * c)
         return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
 
 
@@ -192,10 +206,11 @@ class LIFE(nn.Module):
         out_dim: Channels of each of q, k and v (default ``dim``).
         norm_layer: If given, a normalisation layer (e.g. ``nn.LayerNorm``) applied to each of q, k and v.
         grid_size: Default (H, W) patch grid, used when ``forward`` gets none. Models set it per input.
-        pointwise_bias: Learnable bias on the pointwise projections (default: ``qkv_bias``; the release has none).
-        pointwise_init: ``"trunc_normal"`` (std 0.02, zero bias: timm's linear init) or ``"kaiming_uniform"``
-            (PyTorch's default for a 1x1 conv, which the release keeps). Model-wide inits do not override it.
-        shared_norm: With ``norm_layer``, one norm shared by q, k and v (the release) instead of one each.
+        pointwise_bias: Learnable bias on the pointwise projections (default ``False``, as in the release;
+            ``None``: the same as ``qkv_bias``).
+        pointwise_init: ``"kaiming_uniform"`` (default: PyTorch's default for a 1x1 conv, which the release keeps)
+            or ``"trunc_normal"`` (std 0.02, zero bias: timm's linear init). Model-wide inits do not override it.
+        shared_norm: With ``norm_layer``, one norm shared by q, k and v (default, as in the release) or one each.
         prefix_keys_from_scale1: The release's class-token keys: the key of every prefix token is its scale-1 key
             repeated over all scales, ``[k_1 k_1 ... k_1]`` (needs equal widths). Only to run models trained with
             the release (``lifevit.release``); lifevit's own definition gives prefix keys every scale.
@@ -214,9 +229,9 @@ class LIFE(nn.Module):
         out_dim: Optional[int] = None,
         norm_layer: Optional[type[nn.Module]] = None,
         grid_size: Optional[Tuple[int, int]] = None,
-        pointwise_bias: Optional[bool] = None,
-        pointwise_init: str = "trunc_normal",
-        shared_norm: bool = False,
+        pointwise_bias: Optional[bool] = False,
+        pointwise_init: str = "kaiming_uniform",
+        shared_norm: bool = True,
         prefix_keys_from_scale1: bool = False,
         device=None,
         dtype=None,

@@ -28,8 +28,9 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 _LIFEVIT_MODELS: List[str] = []
 
 # Models that cannot be scripted with TorchScript (fnmatch filters, as timm's tests keep EXCLUDE_JIT_FILTERS).
-# TorchScript is deprecated in torch 2.x; LIFE models support torch.export, torch.compile, ONNX and FX instead.
-TORCHSCRIPT_EXCLUDE_FILTERS: Tuple[str, ...] = ("*_life",)
+# TorchScript is deprecated in torch 2.x; these models support torch.export, torch.compile, ONNX and FX instead.
+# LIFE models: LIFE's autograd function and grid handling; T2T-ViT: timm's sin-cos position embedding (ndgrid(*t)).
+TORCHSCRIPT_EXCLUDE_FILTERS: Tuple[str, ...] = ("*_life", "t2t_vit_*")
 _NOT_SCRIPTABLE_NOTE = "not TorchScript-scriptable (TorchScript is deprecated); use torch.export, ONNX or FX"
 
 

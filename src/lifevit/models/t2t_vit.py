@@ -119,11 +119,15 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _check_img_size(H, W, img_size: Tuple[int, int]) -> None:
+def _check_img_size(H: int, W: int, img_size: Tuple[int, int]) -> None:
     """Refuse an input of another size than ``img_size``; inside an FX trace the check becomes a graph node."""
-    if isinstance(H, torch.fx.Proxy) or isinstance(W, torch.fx.Proxy):
-        torch._assert((H == img_size[0]) & (W == img_size[1]), f"T2TEmbed expects {img_size[0]}x{img_size[1]} images")
-    elif (H, W) != tuple(img_size):
+    if not torch.jit.is_scripting():  # TorchScript compiles no torch.fx types
+        if isinstance(H, torch.fx.Proxy) or isinstance(W, torch.fx.Proxy):
+            torch._assert(
+                (H == img_size[0]) & (W == img_size[1]), f"T2TEmbed expects {img_size[0]}x{img_size[1]} images"
+            )
+            return
+    if H != img_size[0] or W != img_size[1]:
         raise ValueError(f"T2TEmbed expects {img_size[0]}x{img_size[1]} images, got {H}x{W}")
 
 
@@ -228,6 +232,12 @@ class T2TEmbed(nn.Module):
             self.img_size = to_2tuple(img_size)
             self.grid_size = self.dynamic_feat_size(self.img_size)
             self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "T2T-ViT does not support TorchScript (deprecated in PyTorch 2.x): its position embedding uses timm's "
+            "build_sincos2d_pos_embed, which cannot be scripted; use torch.export, ONNX or FX instead"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W = x.shape[0], x.shape[-2], x.shape[-1]  # no tuple unpacking: FX traces this

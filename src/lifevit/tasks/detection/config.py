@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from lifevit.config import TrainConfig, check_model_kwargs, dataclass_from_dict
+from lifevit.config import TrainConfig, check_life_options, check_model_kwargs, dataclass_from_dict
 
 __all__ = ["DataConfig", "DetectConfig", "InferenceConfig", "LossConfig", "ModelConfig", "config_from_dict"]
 
@@ -66,6 +66,9 @@ class ModelConfig:
         mlp_ratio: Hidden width of the feed-forward layers relative to the model width.
         dropout: Dropout in the head.
         life_kernel_sizes: LIFE depthwise kernels of the ``encdec_life`` encoder.
+        life_options: LIFE options (``lifevit.layers.LIFE_OPTIONS``: ``pointwise_bias``, ``pointwise_init``,
+            ``shared_norm``) for every LIFE layer of the model, the backbone's (a ``*_life`` backbone) and the
+            ``encdec_life`` encoder's; empty: LIFE's defaults.
         anchor_size: Initial side (fraction of the image) of the encoder proposals' anchors.
     """
 
@@ -83,9 +86,11 @@ class ModelConfig:
     dropout: float = 0.0
     life_kernel_sizes: Tuple[int, ...] = (3, 5)
     anchor_size: float = 0.2
+    life_options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
+        check_life_options(self.life_options, "model.life_options")
 
 
 @dataclass

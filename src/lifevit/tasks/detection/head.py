@@ -35,7 +35,7 @@ Boxes are normalised by the real (unpadded) image size.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from timm.layers import Attention, Mlp
@@ -232,21 +232,27 @@ def _proj(in_dim: int, hidden_dim: int) -> nn.Module:
 
 def encdec_head(in_dim: int, num_classes: int, hidden_dim: int = 256, **kwargs) -> EncDecHead:
     """EncDec: the encoder-decoder straight on the backbone tokens (LayerNorm only, width = backbone width)."""
-    kwargs.pop("life_kernel_sizes", None)
+    kwargs.pop("life_kernel_sizes", None), kwargs.pop("life_options", None)
     return EncDecHead(in_dim, num_classes, in_dim, nn.LayerNorm(in_dim), Attention, **kwargs)
 
 
 def encdec_linear_head(in_dim: int, num_classes: int, hidden_dim: int = 256, **kwargs) -> EncDecHead:
     """EncDec-Linear: a linear projection (LayerNorm + Linear to ``hidden_dim``) in front of the encoder."""
-    kwargs.pop("life_kernel_sizes", None)
+    kwargs.pop("life_kernel_sizes", None), kwargs.pop("life_options", None)
     return EncDecHead(in_dim, num_classes, hidden_dim, _proj(in_dim, hidden_dim), Attention, **kwargs)
 
 
 def encdec_life_head(
-    in_dim: int, num_classes: int, hidden_dim: int = 256, life_kernel_sizes: Sequence[int] = (3, 5), **kwargs
+    in_dim: int,
+    num_classes: int,
+    hidden_dim: int = 256,
+    life_kernel_sizes: Sequence[int] = (3, 5),
+    life_options: Optional[Dict[str, Any]] = None,
+    **kwargs,
 ) -> EncDecHead:
-    """EncDec-LIFE: EncDec-Linear whose encoder self-attention has a LIFE qkv over the feature grid."""
-    attn = LIFEAttention.bind(kernel_sizes=life_kernel_sizes)
+    """EncDec-LIFE: EncDec-Linear whose encoder self-attention has a LIFE qkv over the feature grid
+    (``life_options``: LIFE's ``pointwise_bias`` / ``pointwise_init`` / ``shared_norm``, default LIFE's own)."""
+    attn = LIFEAttention.bind(kernel_sizes=life_kernel_sizes, **(life_options or {}))
     return EncDecHead(in_dim, num_classes, hidden_dim, _proj(in_dim, hidden_dim), attn, **kwargs)
 
 

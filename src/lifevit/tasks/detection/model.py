@@ -57,9 +57,11 @@ def build_detector(
 ) -> Detector:
     """A :class:`Detector` from a :class:`ModelConfig` (``pretrained`` overrides ``cfg.pretrained``)."""
     pretrained = cfg.pretrained if pretrained is None else pretrained
+    life = {"life_options": dict(cfg.life_options)} if cfg.life_options and cfg.backbone.endswith("_life") else {}
     backbone = create_backbone(
-        cfg.backbone, img_size=img_size or 224, pretrained=pretrained, lifeify=cfg.lifeify, **cfg.backbone_kwargs
-    )
+        cfg.backbone, img_size=img_size or 224, pretrained=pretrained, lifeify=cfg.lifeify, **cfg.backbone_kwargs,
+        **life,
+    )  # fmt: skip
     head = build_head(
         cfg.head,
         backbone.num_channels,
@@ -73,6 +75,7 @@ def build_detector(
         dropout=cfg.dropout,
         anchor_size=cfg.anchor_size,
         life_kernel_sizes=cfg.life_kernel_sizes,
+        life_options=cfg.life_options,
     )
     return Detector(backbone, head)
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from lifevit.config import TrainConfig, check_model_kwargs, dataclass_from_dict
+from lifevit.config import TrainConfig, check_life_options, check_model_kwargs, dataclass_from_dict
 
 __all__ = [
     "DECODERS",
@@ -51,6 +51,9 @@ class ModelConfig:
         decoder_heads: Heads of the mask-transformer decoder (default: width // 64, at least 1).
         decoder_drop_path: Stochastic depth of the decoder blocks.
         backbone_kwargs: Further keyword arguments for ``timm.create_model`` (e.g. ``patch_size``, ``depth``).
+        life_options: LIFE options (``lifevit.layers.LIFE_OPTIONS``: ``pointwise_bias``, ``pointwise_init``,
+            ``shared_norm``) for the backbone's LIFE layers (a ``*_life`` backbone; not used by a plain one, so a
+            config can switch the backbone with ``--backbone``); empty: LIFE's defaults.
     """
 
     backbone: str = "deit_tiny_patch16_224_life"
@@ -69,6 +72,7 @@ class ModelConfig:
     decoder_heads: Optional[int] = None
     decoder_drop_path: float = 0.0
     backbone_kwargs: Dict[str, Any] = field(default_factory=dict)
+    life_options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.img_size = _pair(self.img_size, "model.img_size")
@@ -80,6 +84,7 @@ class ModelConfig:
         if not self.out_indices:
             raise ValueError("model.out_indices must name at least one block / stage")
         check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
+        check_life_options(self.life_options, "model.life_options")
 
 
 @dataclass

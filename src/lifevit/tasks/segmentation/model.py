@@ -66,6 +66,7 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         lifeify=cfg.lifeify,
         init_checkpoint=cfg.init_checkpoint,
         **cfg.backbone_kwargs,
+        **({"life_options": dict(cfg.life_options)} if cfg.life_options and cfg.backbone.endswith("_life") else {}),
     )
     in_dim = backbone.channels[-1]
     fusion = FeatureFusion(backbone.channels, in_dim) if len(backbone.channels) > 1 else None
