@@ -128,7 +128,10 @@ def _exclusion(item, model_name: str) -> Optional[str]:
 
     test = item.originalname
     if test in SCRIPT_TESTS and any(fnmatch.fnmatch(model_name, f) for f in TORCHSCRIPT_EXCLUDE_FILTERS):
-        return "LIFE models are not TorchScript-scriptable (TorchScript is deprecated; use torch.export)"
+        return (
+            "not TorchScript-scriptable (TORCHSCRIPT_EXCLUDE_FILTERS: LIFE models, T2T-ViT; TorchScript is deprecated; "
+            "use torch.export)"
+        )
     if test == "test_model_default_cfgs" and fnmatch.fnmatch(model_name, NON_STD_EXTRA):
         return (
             "T2T-ViT is a ViT (token features, no spatial map) that timm's NON_STD_FILTERS cannot name (timm has no "

@@ -98,3 +98,17 @@ def test_errors_name_what_was_expected(tmp_path):
             load_checkpoint(bad)
     with pytest.raises(ValueError, match="no EMA weights"):
         create_model_from_checkpoint(path, use_ema=True)
+
+
+def test_a_lifevit_0_1_checkpoint_rebuilds_with_its_layout(tmp_path):
+    from lifevit.layers import LIFEVIT_0_1_OPTIONS, life_options_of_state_dict
+
+    old = timm.create_model("vit_lite_patch4_28_life", num_classes=7, life_options=dict(LIFEVIT_0_1_OPTIONS)).eval()
+    assert life_options_of_state_dict(old.state_dict()) == {"pointwise_bias": None}  # it has pointwise biases
+    new = timm.create_model("vit_lite_patch4_28_life", num_classes=7)
+    assert life_options_of_state_dict(new.state_dict()) == {}
+    path = save_checkpoint(tmp_path, model=old, meta=META, epoch=1)
+    rebuilt = create_model_from_checkpoint(path).eval()  # today's defaults have no pointwise bias: still loads
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), old(x))

@@ -367,7 +367,13 @@ def create_model_from_checkpoint(ckpt: Union[Checkpoint, str, os.PathLike], use_
         raise ValueError(f"{ckpt.path} is a {ckpt.meta.get('task')!r} checkpoint, not a timm classifier")
     if name not in timm.list_models():
         raise ValueError(f"checkpoint {ckpt.path} was written for model {name!r}, which is not registered here")
-    model = timm.create_model(name, **ckpt.meta["model_kwargs"])
+    kwargs = dict(ckpt.meta["model_kwargs"])
+    from lifevit.layers import life_options_of_state_dict
+
+    older = life_options_of_state_dict(ckpt.model_state)  # a lifevit 0.1 LIFE layout, e.g. pointwise biases
+    if older:
+        kwargs["life_options"] = {**older, **kwargs.get("life_options", {})}
+    model = timm.create_model(name, **kwargs)
     if use_ema and ckpt.ema_state is None:
         raise ValueError(f"checkpoint {ckpt.path} has no EMA weights; use use_ema=False")
     load_weights(model, ckpt.ema_state if use_ema else ckpt.model_state, ckpt.path)

@@ -36,7 +36,7 @@ traced with ordinary autograd (the compiler plans recomputation itself).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
+    "life_options_of_state_dict",
 ]  # fmt: skip
 
 POINTWISE_INITS = ("trunc_normal", "kaiming_uniform")
@@ -56,6 +57,21 @@ RELEASE_OPTIONS = {"pointwise_bias": False, "pointwise_init": "kaiming_uniform",
 # lifevit 0.1's defaults (pointwise bias as the qkv bias, timm's truncated normal, one norm each): the options the
 # canvas detection / segmentation records were measured with (their configs pin them)
 LIFEVIT_0_1_OPTIONS = {"pointwise_bias": None, "pointwise_init": "trunc_normal", "shared_norm": False}
+
+
+def life_options_of_state_dict(state: Mapping[str, object]) -> Dict[str, object]:
+    """The LIFE options a state dict's layout needs, beyond today's defaults (``{}`` when it has today's layout).
+
+    A lifevit 0.1 model keeps pointwise biases (``...pointwise.0.bias``: ``pointwise_bias=None``, as its qkv bias) and
+    one norm each for q, k and v (``...q_norm.weight``: ``shared_norm=False``); rebuilding the model with these
+    options lets its weights load.
+    """
+    opts: Dict[str, object] = {}
+    if any(k.endswith(".pointwise.0.bias") for k in state):
+        opts["pointwise_bias"] = None
+    if any(k.endswith("qkv.q_norm.weight") for k in state):
+        opts["shared_norm"] = False
+    return opts
 
 
 def split_widths(dim: int, num_scales: int) -> Tuple[int, ...]:
@@ -114,22 +130,29 @@ def _tokens(g: torch.Tensor, B: int) -> torch.Tensor:
 
 def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.Tensor:
     """Write scale 1 (``y1``: (B, N, 3*c1)) and scales 2..S (depthwise ``dws``, pointwise ``pws`` / ``pbs``) into
-    ``out`` (B, N, 3, D), each scale at its channel offset of q, k and v; returns ``out``."""
+    ``out`` (B, N, 3, D; allocated in ``y1``'s dtype when ``None``), each scale at its channel offset of q, k and v;
+    returns ``out``.
+
+    Callers hand over their only reference to ``y1`` (``_scales_into(out, self.linear(x), ...)``): it is freed as
+    soon as scale 2 has read it, so that no more than one map of the previous scale is alive at a time."""
     B, N = y1.shape[:2]
+    out = y1.new_empty(B, N, 3, sum(widths)) if out is None else out
     dt = out.dtype
     out[..., : widths[0]] = y1.view(B, N, 3, widths[0])
-    prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1)
+    prefix, grid = y1[:, :P], _grid(y1[:, P:], B, H, W)  # (B, P, 3*c1), (B, 3*c1, H, W) (a copy when P > 0)
+    del y1
     offset = widths[0]
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
         wp, bp = wp.to(dt), None if bp is None else bp.to(dt)
-        dw = F.conv2d(_grid(patches, B, H, W), wd.to(dt), None, padding=wd.shape[-1] // 2, groups=wd.shape[0])
-        patches = None  # the previous scale's tokens are in ``out`` now: free them before the next allocation
+        if P:  # prefix tokens skip the depthwise conv; done first, which releases the scale-1 output
+            prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c)
+            out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
+        dw = F.conv2d(grid, wd.to(dt), None, padding=wd.shape[-1] // 2, groups=wd.shape[0])  # (B, 3*c_prev, H, W)
+        grid = None  # the previous scale is in ``out`` now: free it before the next allocation
         patches = F.linear(_tokens(dw, B), wp, bp)  # (B, H*W, 3*c), dense
         dw = None  # likewise
         out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
-        if P:
-            prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c): prefix tokens skip the depthwise conv
-            out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
+        grid, patches = _grid(patches, B, H, W), None  # a view of this scale's tokens: the next scale's input
         offset += c
     return out
 
@@ -316,14 +339,14 @@ class LIFE(nn.Module):
         B, N, _ = x.shape
         H, W = self._grid(N, grid_size)
         D, P = self.out_dim, self.num_prefix_tokens
-        y1 = self.linear(x)  # (B, N, 3*c1), scale 1 for every token
         dws = [m.weight for m in self.depthwise]
         pws, pbs = [m.weight for m in self.pointwise], [m.bias for m in self.pointwise]
         eager = not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+        # self.linear(x): (B, N, 3*c1), scale 1 for every token (handed over, not kept: see _scales_into)
         if eager and torch.is_grad_enabled() and len(self.widths) > 1:
-            out = _Scales.apply(y1, P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
+            out = _Scales.apply(self.linear(x), P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
         else:
-            out = _scales_into(y1.new_empty(B, N, 3, D), y1, P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
+            out = _scales_into(None, self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
         if self.prefix_keys_from_scale1 and P:
             k1 = out[:, :P, 1:2, : self.widths[0]].repeat(1, 1, 1, len(self.widths))  # (B, P, 1, D): [k_1 ... k_1]
             out = torch.cat((torch.cat((out[:, :P, :1], k1, out[:, :P, 2:]), dim=2), out[:, P:]), dim=1)

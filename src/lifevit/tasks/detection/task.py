@@ -24,6 +24,7 @@ from ...engine.checkpoint import load_checkpoint, load_weights
 from ...engine.data import EpochLoader
 from ...engine.distributed import DistInfo
 from ...engine.task import Task
+from ...layers import life_options_of_state_dict
 from ..inputs import output_names
 from .config import DataConfig, DetectConfig, class_names, config_from_dict
 from .criterion import SetCriterion
@@ -162,6 +163,7 @@ def load_model(path: os.PathLike, device: Union[str, torch.device] = "cpu") -> T
         raise ValueError(f"{ckpt.path} is a {ckpt.meta.get('task')!r} checkpoint; expected a detection checkpoint")
     cfg = config_from_dict(ckpt.meta["config"])
     classes = list(ckpt.meta["classes"])
+    cfg.model.life_options = {**life_options_of_state_dict(ckpt.model_state), **cfg.model.life_options}  # 0.1 layouts
     model = build_detector(cfg.model, len(classes), img_size=cfg.data.img_size, pretrained=False)
     load_weights(model, ckpt.model_state, ckpt.path)
     return model.to(device).eval(), cfg, classes

@@ -25,6 +25,7 @@ from ...engine.checkpoint import Checkpoint, load_checkpoint, load_weights
 from ...engine.data import EpochLoader, eval_shard
 from ...engine.distributed import DistInfo, all_reduce_sum
 from ...engine.task import Task
+from ...layers import life_options_of_state_dict
 from ..inputs import output_names
 from .config import DataConfig, InferenceConfig, SegmentationConfig, config_from_dict
 from .criterion import SegmentationCriterion
@@ -193,6 +194,7 @@ def load_model(
     cfg = config_from_dict(ckpt.meta["config"])
     # the weights come from the checkpoint
     cfg.model.pretrained, cfg.model.pretrained_file, cfg.model.init_checkpoint = False, None, None
+    cfg.model.life_options = {**life_options_of_state_dict(ckpt.model_state), **cfg.model.life_options}  # 0.1 layouts
     model = build_segmenter(cfg.model)
     load_weights(model, ckpt.model_state, ckpt.path)
     return model.to(device).eval(), cfg, ckpt
