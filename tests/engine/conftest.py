@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -50,3 +54,20 @@ def tiny_cfg(fmnist_root):
         return build_config(ClassificationConfig, overrides=[*TINY, f"data.root={fmnist_root}", *overrides])
 
     return make
+
+
+def _torchrun_train(cli, config_file, output, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``lifevit <cli> train --config FILE --output DIR --json`` in two CPU processes (torchrun, one thread each);
+    asserts it succeeded and returns the finished process (its stderr holds DDP's warnings)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "lifevit", *cli, "train", "--config", str(config_file), "--output", str(output), "--json"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def torchrun_train():
+    """:func:`_torchrun_train`: the two-process training run the DDP tests compare with one process."""
+    return _torchrun_train

@@ -1,9 +1,5 @@
 """Two CPU processes (torchrun, gloo) with batch B each == one process with batch 2B."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
@@ -14,7 +10,7 @@ from lifevit.engine.rundir import read_jsonl
 from lifevit.tasks.classification import ClassificationTask
 
 
-def test_two_gloo_processes_match_one_process(tiny_cfg, tmp_path):
+def test_two_gloo_processes_match_one_process(tiny_cfg, torchrun_train, tmp_path):
     # no per-process randomness (drop-path off); SGD, because Adam turns float noise in the exactly-zero gradient
     # of the key bias into full-size steps, which would hide what this test checks: sharding + gradient averaging
     common = (
@@ -30,27 +26,7 @@ def test_two_gloo_processes_match_one_process(tiny_cfg, tmp_path):
     two = tiny_cfg(*common, "train.batch_size=10")
     cfg_file = tmp_path / "ddp.yaml"
     cfg_file.write_text(yaml.safe_dump(config_to_dict(two)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "lifevit",
-        "train",
-        "--config",
-        str(cfg_file),
-        "--output",
-        str(tmp_path / "two"),
-        "--json",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_train((), cfg_file, tmp_path / "two")
     a = load_checkpoint(tmp_path / "one" / "checkpoints")
     b = load_checkpoint(tmp_path / "two" / "checkpoints")
     assert a.epoch == b.epoch == 2

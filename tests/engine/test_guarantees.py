@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import signal
 import struct
@@ -249,7 +248,7 @@ def test_a_signal_stops_with_one_line_and_keeps_the_last_checkpoint(task, sig, r
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_two_gloo_processes_equal_one_process(task, roots, tmp_path):
+def test_two_gloo_processes_equal_one_process(task, roots, torchrun_train, tmp_path):
     # no per-process randomness: no augmentation (the streams differ per process), drop-path off; SGD, because
     # Adam turns float noise in an exactly-zero gradient into full-size steps
     common = {"opt": "sgd", "lr": 0.05, "ema": False}
@@ -264,25 +263,7 @@ def test_two_gloo_processes_equal_one_process(task, roots, tmp_path):
     two = build_config(type(one_cfg), base=config_to_dict(one_cfg), overrides=["train.batch_size=2"])
     cfg_file = tmp_path / "two.yaml"
     cfg_file.write_text(yaml.safe_dump(config_to_dict(two)))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "lifevit",
-        *_cli(task),
-        "train",
-        "--config",
-        str(cfg_file),
-        "--output",
-        str(tmp_path / "two"),
-        "--json",
-    ]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun_train(_cli(task), cfg_file, tmp_path / "two")
     assert "grad strides do not match" not in proc.stderr
     a, b = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
     assert a.epoch == b.epoch == 2
