@@ -124,6 +124,16 @@ def test_lifevit_class_token_keys_change_only_the_class_token_keys():
     assert not torch.allclose(a[:, 0, 1, c:], b[:, 0, 1, c:])  # lifevit: k2, k3 of its own
 
 
+def _release_qkv_name(k: str, v: torch.Tensor):
+    """A lifevit LIFE key and tensor under the release's name and layout (its pointwise layers are 1x1 convs)."""
+    k = k.replace("qkv.linear.", "qkv.scale1.")
+    for s in (0, 1):
+        k = k.replace(f"qkv.depthwise.{s}.", f"qkv.scale{s + 2}.depthwise.")
+        if f"qkv.pointwise.{s}." in k:
+            k, v = k.replace(f"qkv.pointwise.{s}.", f"qkv.scale{s + 2}.pointwise."), v[:, :, None, None]
+    return k, v
+
+
 def _to_release_swin(sd: dict) -> dict:
     """lifevit SwinV2-LIFE (release options) names -> the release's swin_mfm names (written independently)."""
     out = {}
@@ -132,11 +142,7 @@ def _to_release_swin(sd: dict) -> dict:
             i = int(k.split(".")[1])
             k = k.replace(f"layers.{i}.downsample.", f"layers.{i - 1}.downsample.")
         k = k.replace("head.fc.", "head.")
-        k = k.replace("qkv.linear.", "qkv.scale1.")
-        for s in (0, 1):
-            k = k.replace(f"qkv.depthwise.{s}.", f"qkv.scale{s + 2}.depthwise.")
-            if f"qkv.pointwise.{s}." in k:
-                k, v = k.replace(f"qkv.pointwise.{s}.", f"qkv.scale{s + 2}.pointwise."), v[:, :, None, None]
+        k, v = _release_qkv_name(k, v)
         out[k] = v
         if k.endswith("attn.logit_scale"):  # the release keeps q_bias / v_bias (unused by its LIFE path)
             out[k.replace("logit_scale", "q_bias")] = torch.zeros(v.shape[0] * 48)
@@ -187,11 +193,7 @@ def test_cli_writes_a_lifevit_checkpoint(tmp_path, capsys):
     use_release_options(model)
     sd = {}
     for k, v in model.state_dict().items():
-        k = k.replace("qkv.linear.", "qkv.scale1.")
-        for s in (0, 1):
-            k = k.replace(f"qkv.depthwise.{s}.", f"qkv.scale{s + 2}.depthwise.")
-            if f"qkv.pointwise.{s}." in k:
-                k, v = k.replace(f"qkv.pointwise.{s}.", f"qkv.scale{s + 2}.pointwise."), v[:, :, None, None]
+        k, v = _release_qkv_name(k, v)
         sd[k] = v
     torch.save({"model": sd, "epoch": 3}, src)
     assert main(["release", str(src), "--model", "deit_tiny_patch4_32_ms", "--output", str(tmp_path / "out")]) == 0
