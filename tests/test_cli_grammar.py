@@ -112,6 +112,8 @@ def test_dense_tasks_take_life_options_and_refuse_unknown_ones():
     assert LIFE_OPTION_NAMES == LIFE_OPTIONS
     for cls in (DetModel, SegModel):
         assert cls(life_options={"pointwise_bias": True}).life_options == {"pointwise_bias": True}
+        given_to_timm = cls(backbone_kwargs={"life_options": {"pointwise_bias": True}, "depth": 1})
+        assert given_to_timm.life_options == {"pointwise_bias": True} and given_to_timm.backbone_kwargs == {"depth": 1}
         with pytest.raises(ValueError, match="unknown LIFE option.*'bias'.*valid: pointwise_bias"):
             cls(life_options={"bias": True})
 

@@ -139,7 +139,7 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     out = y1.new_empty(B, N, 3, sum(widths)) if out is None else out
     dt = out.dtype
     out[..., : widths[0]] = y1.view(B, N, 3, widths[0])
-    prefix, grid = y1[:, :P], _grid(y1[:, P:], B, H, W)  # (B, P, 3*c1), (B, 3*c1, H, W) (a copy when P > 0)
+    prefix, grid = y1[:, :P], _grid(y1[:, P:], B, H, W) if len(widths) > 1 else None  # (B, P, 3*c1), (B, 3*c1, H, W)
     del y1
     offset = widths[0]
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):

@@ -89,6 +89,7 @@ def create_backbone(
     drop_path_rate: float = 0.0,
     lifeify: bool = False,
     init_checkpoint: Optional[str] = None,
+    life_options: Optional[Dict[str, Any]] = None,
     **kwargs: Any,
 ) -> DenseBackbone:
     """Build ``name`` with ``timm.create_model`` (no classifier, any input size) and wrap it.
@@ -107,6 +108,8 @@ def create_backbone(
         init_checkpoint: A ``lifevit train`` classification checkpoint (file or run folder) of the same
             architecture to start from (:func:`load_classifier_weights`), e.g. one pre-trained on the user's
             own classification data.
+        life_options: LIFE options for a ``*_life`` backbone's LIFE layers; not used by a backbone without LIFE, so
+            a config can switch the backbone and keep its options.
         **kwargs: Further ``timm.create_model`` arguments (``patch_size``, ``embed_dim``, ...).
     """
     if name not in timm.list_models():
@@ -122,6 +125,8 @@ def create_backbone(
         dynamic_img_size=True,
     )
     create_kwargs.update(kwargs)
+    if life_options and name.endswith("_life"):
+        create_kwargs["life_options"] = dict(life_options)
     if pretrained_file is not None:
         create_kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
         pretrained = True

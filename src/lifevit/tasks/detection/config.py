@@ -90,6 +90,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
+        if "life_options" in self.backbone_kwargs:  # the same options, given as a timm.create_model argument
+            self.life_options = {**self.backbone_kwargs.pop("life_options"), **self.life_options}
         check_life_options(self.life_options, "model.life_options")
 
 

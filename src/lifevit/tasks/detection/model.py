@@ -57,10 +57,9 @@ def build_detector(
 ) -> Detector:
     """A :class:`Detector` from a :class:`ModelConfig` (``pretrained`` overrides ``cfg.pretrained``)."""
     pretrained = cfg.pretrained if pretrained is None else pretrained
-    life = {"life_options": dict(cfg.life_options)} if cfg.life_options and cfg.backbone.endswith("_life") else {}
     backbone = create_backbone(
-        cfg.backbone, img_size=img_size or 224, pretrained=pretrained, lifeify=cfg.lifeify, **cfg.backbone_kwargs,
-        **life,
+        cfg.backbone, img_size=img_size or 224, pretrained=pretrained, lifeify=cfg.lifeify,
+        life_options=cfg.life_options, **cfg.backbone_kwargs,
     )  # fmt: skip
     head = build_head(
         cfg.head,

@@ -84,6 +84,8 @@ class ModelConfig:
         if not self.out_indices:
             raise ValueError("model.out_indices must name at least one block / stage")
         check_model_kwargs(self.backbone_kwargs, "model.backbone_kwargs")
+        if "life_options" in self.backbone_kwargs:  # the same options, given as a timm.create_model argument
+            self.life_options = {**self.backbone_kwargs.pop("life_options"), **self.life_options}
         check_life_options(self.life_options, "model.life_options")
 
 

@@ -65,8 +65,8 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         drop_path_rate=cfg.drop_path_rate,
         lifeify=cfg.lifeify,
         init_checkpoint=cfg.init_checkpoint,
+        life_options=cfg.life_options,
         **cfg.backbone_kwargs,
-        **({"life_options": dict(cfg.life_options)} if cfg.life_options and cfg.backbone.endswith("_life") else {}),
     )
     in_dim = backbone.channels[-1]
     fusion = FeatureFusion(backbone.channels, in_dim) if len(backbone.channels) > 1 else None
