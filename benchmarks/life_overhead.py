@@ -17,7 +17,8 @@ Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the process's peak resident
 set size from just before the first step (Linux ``VmHWM`` after a reset through ``/proc/self/clear_refs``, else
-``ru_maxrss``) minus its resident size then (activations, gradients, optimizer state and allocator slack).
+``ru_maxrss``) minus its resident size then (activations, gradients, optimizer state and allocator slack), and
+the peak bytes of live tensors during one more step (the profiler's allocation events; no allocator slack).
 MACs: ``lifevit.profile.count_macs`` of one image.
 """
 
@@ -77,6 +78,23 @@ def _peak_rss_mb(reset: bool) -> float:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tensor_peak_mb(step) -> float:
+    """Peak bytes of live tensors during one ``step`` above those alive when it starts (CPU), from the profiler's
+    allocation events: deterministic, unlike the resident set, which glibc moves by 10-20 % at inference sizes."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            peak = max(peak, node.extra_fields.total_allocated)  # running total since the profiler started
+    return peak / 2**20
 
 
 def _setup(args):
@@ -139,7 +157,10 @@ def worker(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = _peak_rss_mb(reset) - rss0
-    print(json.dumps({"step_s": statistics.median(times), "peak_mb": peak}))
+    res = {"step_s": statistics.median(times), "peak_mb": peak}
+    if device.type == "cpu":
+        res["tensor_peak_mb"] = _tensor_peak_mb(step)  # one more step, after the timed ones and the RSS peak
+    print(json.dumps(res))
 
 
 def _fresh_pair(args, row: str, mode: str) -> Dict[str, float]:
@@ -161,8 +182,13 @@ def measure_process(args, row: str, mode: str) -> Dict[str, float]:
     for _ in range(args.rounds):
         for name, r in _fresh_pair(args, row, mode).items():
             samples[name].append(r)
-    med = {n: {k: statistics.median(s[k] for s in v) for k in ("step_s", "peak_mb")} for n, v in samples.items()}
-    return dict(
+    keys = [k for k in ("step_s", "peak_mb", "tensor_peak_mb") if k in samples[plain][0]]
+    med = {n: {k: statistics.median(s[k] for s in v) for k in keys} for n, v in samples.items()}
+    tensors = {}
+    if "tensor_peak_mb" in keys:
+        p_mb, l_mb = med[plain]["tensor_peak_mb"], med[life]["tensor_peak_mb"]
+        tensors = dict(plain_tensor_peak_mb=p_mb, life_tensor_peak_mb=l_mb, tensor_mem_ratio=l_mb / max(p_mb, 1e-9))
+    return dict(**tensors,
         plain_ms=1e3 * med[plain]["step_s"], life_ms=1e3 * med[life]["step_s"],
         time_ratio=med[life]["step_s"] / med[plain]["step_s"],
         plain_peak_mb=med[plain]["peak_mb"], life_peak_mb=med[life]["peak_mb"],
@@ -264,6 +290,8 @@ def _line(r: Dict) -> str:
     mem = ""
     if "mem_ratio" in r:
         mem = f"   peak x{r['mem_ratio']:.3f} ({r['plain_peak_mb']:.0f} -> {r['life_peak_mb']:.0f} MiB)"
+    if "tensor_mem_ratio" in r:
+        mem += f"   tensors x{r['tensor_mem_ratio']:.3f} ({r['plain_tensor_peak_mb']:.1f} -> {r['life_tensor_peak_mb']:.1f} MiB)"
     times = f"{r['plain_ms']:8.1f} -> {r['life_ms']:8.1f} ms  time x{r['time_ratio']:.3f}"
     return f"{r['row']:12} {r['way']:8} {r['mode']:5} {times}  MACs x{r['mac_ratio']:.3f}{mem}"
 

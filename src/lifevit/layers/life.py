@@ -30,7 +30,9 @@ scales 2..S run inside one autograd function that keeps nothing but that output 
 keeps anyway, as q, k and v) and recomputes the cheap depthwise convolutions in backward, so LIFE's training
 memory is close to the plain projection's. Its depthwise weight gradients are returned contiguous, the layout
 DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the same buffer code is
-traced with ordinary autograd (the compiler plans recomputation itself).
+traced with ordinary autograd (the compiler plans recomputation itself). The depthwise convolutions, their input
+and weight gradients read the patch tokens in place as channels-last maps (``dwconv.py``: on CPU a small native
+kernel, elsewhere PyTorch's convolutions).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .dwconv import depthwise_conv, depthwise_weight_grad
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
@@ -117,17 +121,8 @@ class Pointwise(nn.Module):
 
 # ------------------------------------------------------------------------------------------- the computation
 # Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). One plain function for the forward pass
-# (no-grad, compiled, exported and inside the autograd function) and the autograd function's backward below.
-def _grid(t: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
-    """(B, H*W, C) tokens -> (B, C, H, W) in channels-last memory (a view when ``t`` is dense)."""
-    return t.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-
-
-def _tokens(g: torch.Tensor, B: int) -> torch.Tensor:
-    """(B, C, H, W) channels-last map -> (B, H*W, C) tokens (a view)."""
-    return g.permute(0, 2, 3, 1).reshape(B, -1, g.shape[1])
-
-
+# (no-grad, compiled, exported and inside the autograd function) and the autograd function's backward below. The
+# depthwise convolutions read and write the patch tokens as (B, H*W, G, c) maps in place (``dwconv``).
 def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.Tensor:
     """Write scale 1 (``y1``: (B, N, 3*c1)) and scales 2..S (depthwise ``dws``, pointwise ``pws`` / ``pbs``) into
     ``out`` (B, N, 3, D; allocated in ``y1``'s dtype when ``None``), each scale at its channel offset of q, k and v;
@@ -139,20 +134,19 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     out = y1.new_empty(B, N, 3, sum(widths)) if out is None else out
     dt = out.dtype
     out[..., : widths[0]] = y1.view(B, N, 3, widths[0])
-    prefix, grid = y1[:, :P], _grid(y1[:, P:], B, H, W) if len(widths) > 1 else None  # (B, P, 3*c1), (B, 3*c1, H, W)
+    prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1): the first scale's input
     del y1
     offset = widths[0]
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
         wp, bp = wp.to(dt), None if bp is None else bp.to(dt)
-        if P:  # prefix tokens skip the depthwise conv; done first, which releases the scale-1 output
+        if P:  # prefix tokens skip the depthwise conv
             prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c)
             out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
-        dw = F.conv2d(grid, wd.to(dt), None, padding=wd.shape[-1] // 2, groups=wd.shape[0])  # (B, 3*c_prev, H, W)
-        grid = None  # the previous scale is in ``out`` now: free it before the next allocation
-        patches = F.linear(_tokens(dw, B), wp, bp)  # (B, H*W, 3*c), dense
+        dw = depthwise_conv(patches, wd.to(dt), H, W)  # (B, H*W, 3*c_prev), dense
+        patches = None  # the previous scale is in ``out`` now: free it before the next allocation
+        patches = F.linear(dw, wp, bp)  # (B, H*W, 3*c), dense
         dw = None  # likewise
         out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
-        grid, patches = _grid(patches, B, H, W), None  # a view of this scale's tokens: the next scale's input
         offset += c
     return out
 
@@ -182,36 +176,32 @@ class _Scales(torch.autograd.Function):
         dt = g.dtype
         starts = [sum(widths[:s]) for s in range(len(widths))]
 
-        def part(t, s, lo, hi):  # tokens lo:hi of scale s of a (B, N, 3, D) tensor, dense (B, n, 3*c_s)
-            return t[:, lo:hi, :, starts[s] : starts[s] + widths[s]].reshape(B, hi - lo, 3 * widths[s])
-
-        def slot(t, s, lo, hi):  # the same tokens as a (B, n, 3, c_s) view, no copy
+        def slot(t, s, lo, hi):  # tokens lo:hi of scale s of a (B, N, 3, D) tensor: a (B, n, 3, c_s) view, no copy
             return t[:, lo:hi, :, starts[s] : starts[s] + widths[s]]
+
+        def part(t, s, lo, hi):  # the same, dense (B, n, 3*c_s)
+            return slot(t, s, lo, hi).reshape(B, hi - lo, 3 * widths[s])
 
         g_dw, g_pw, g_pb = [None] * S1, [None] * S1, [None] * S1
         g_y1 = g.new_empty(B, N, 3 * widths[0])  # the result: (B, N, 3*c1), written in place below (no cat)
         g_prefix, g_patches = part(g, S1, 0, P), part(g, S1, P, N)  # gradient reaching scale s (starting at S)
         for s in range(S1, 0, -1):
             wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
-            k, C = wd.shape[-1], wd.shape[0]
-            x_prefix, x_patches = part(out, s - 1, 0, P), part(out, s - 1, P, N)  # scale s-1: this scale's input
-            x_grid = _grid(x_patches, B, H, W)  # (B, C, H, W)
-            dw = F.conv2d(x_grid, wd, None, padding=k // 2, groups=C)  # recomputed
-            g_wp = g_patches.flatten(0, 1).t() @ _tokens(dw, B).flatten(0, 1)  # (3*c_s, 3*c_{s-1})
+            c = widths[s - 1]
+            x_prefix, x_map = part(out, s - 1, 0, P), slot(out, s - 1, P, N)  # scale s-1: this scale's input
+            dw = depthwise_conv(x_map, wd, H, W).view(B, N - P, 3 * c)  # (B, H*W, 3*c), recomputed
+            g_wp = g_patches.flatten(0, 1).t() @ dw.flatten(0, 1)  # (3*c_s, 3*c_{s-1})
+            dw = None
             g_pw[s - 1] = (g_wp + g_prefix.flatten(0, 1).t() @ x_prefix.flatten(0, 1)).to(pws[s - 1].dtype)
             if has_bias[s - 1]:
                 g_pb[s - 1] = (g_patches.sum((0, 1)) + g_prefix.sum((0, 1))).to(pws[s - 1].dtype)
-            g_grid = _grid(g_patches @ wp, B, H, W)  # (B, C, H, W)
-            g_x, g_w, _ = torch.ops.aten.convolution_backward(
-                g_grid, x_grid, wd, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], C, [True, True, False]
-            )
-            g_dw[s - 1] = g_w.reshape(-1).view(wd.shape).to(dws[s - 1].dtype)  # contiguous strides, as DDP expects
-            # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s; the sums read g's
-            # slots in place and the last ones (scale 1) are written straight into g_y1
-            c = widths[s - 1]
+            g_conv = (g_patches @ wp).view(B, N - P, 3, c)  # gradient at the depthwise conv's output
+            g_dw[s - 1] = depthwise_weight_grad(x_map, g_conv, wd, H, W).to(dws[s - 1].dtype)  # contiguous (DDP)
+            # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s; read from g's
+            # slots in place, the last one (scale 1) written straight into g_y1
             into = (g_y1[:, :P].view(B, P, 3, c), g_y1[:, P:].view(B, N - P, 3, c)) if s == 1 else (None, None)
             g_prefix = torch.add(slot(g, s - 1, 0, P), (g_prefix @ wp).view(B, P, 3, c), out=into[0])
-            g_patches = torch.add(slot(g, s - 1, P, N), _tokens(g_x, B).view(B, N - P, 3, c), out=into[1])
+            g_patches = depthwise_conv(g_conv, wd, H, W, flip=True, add=slot(g, s - 1, P, N), out=into[1])
             g_prefix, g_patches = g_prefix.reshape(B, P, 3 * c), g_patches.reshape(B, N - P, 3 * c)
         return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
 

@@ -1,0 +1,136 @@
+"""LIFE's depthwise convolutions over token maps: the native CPU kernel against PyTorch, and the fallback."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lifevit.layers import dwconv
+from lifevit.layers.dwconv import depthwise_conv, depthwise_weight_grad, native_status
+
+HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+def token_map(B, H, W, G, cg, prefix=0, spare=0):
+    """(B, H*W, G, cg) view of a (B, prefix + H*W, G, cg + spare) buffer: none of its strides is dense but channels."""
+    return torch.randn(B, prefix + H * W, G, cg + spare)[:, prefix:, :, :cg]
+
+
+def nchw(m, H, W):
+    return m.reshape(m.shape[0], H, W, -1).permute(0, 3, 1, 2)
+
+
+def reference_conv(x, w, H, W, flip=False):  # (B, HW, G, cg) -> same, through PyTorch's NCHW convolution
+    w = w.flip(-1, -2) if flip else w
+    y = F.conv2d(nchw(x, H, W).contiguous(), w, padding=w.shape[-1] // 2, groups=w.shape[0])
+    return y.permute(0, 2, 3, 1).reshape(x.shape)
+
+
+def reference_wgrad(x, g, w, H, W):
+    k = w.shape[-1]
+    _, gw, _ = torch.ops.aten.convolution_backward(
+        nchw(g, H, W).contiguous(), nchw(x, H, W).contiguous(), w, None, [1, 1], [k // 2] * 2, [1, 1], False,
+        [0, 0], w.shape[0], [False, True, False],
+    )  # fmt: skip
+    return gw
+
+
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """The kernel's state as in a new process, with its own cache directory."""
+    monkeypatch.setattr(dwconv, "_lib", None)
+    monkeypatch.setattr(dwconv, "_status", None)
+    monkeypatch.setenv("LIFEVIT_CACHE", str(tmp_path))
+    return tmp_path
+
+
+# shapes: LIFE's (3 groups of 16+), a vector across groups (cg 10, 7), channels after the last vector, maps smaller
+# than the kernel (1x1, 3x2), and widths that are not whole 8-pixel blocks
+SHAPES = [(4, 8, 8, 3, 16, 1), (3, 5, 7, 3, 10, 0), (2, 3, 2, 1, 21, 2), (1, 1, 1, 1, 16, 0), (2, 14, 9, 3, 7, 1)]
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_kernel_is_built_where_a_compiler_exists():
+    assert native_status() == "native: dwconv.c", native_status()
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("B,H,W,G,cg,P", SHAPES)
+def test_conv_matches_pytorch(k, B, H, W, G, cg, P, threads):
+    x, w = token_map(B, H, W, G, cg, P, spare=3), torch.randn(G * cg, 1, k, k)
+    torch.testing.assert_close(depthwise_conv(x, w, H, W), reference_conv(x, w, H, W), rtol=1e-5, atol=1e-5)
+    # dense (B, HW, C) tokens in, the input gradient (flipped), added to one map and written into another in place
+    dense, add = x.reshape(B, H * W, G * cg), token_map(B, H, W, G, cg, P)
+    buffer = torch.randn(B, P + H * W, G, cg + 2)
+    into, expected = buffer[:, P:, :, :cg], buffer.clone()
+    expected[:, P:, :, :cg] = add + reference_conv(x, w, H, W, flip=True)
+    res = depthwise_conv(dense, w, H, W, flip=True, add=add, out=into)
+    assert res.data_ptr() == into.data_ptr() and res.shape == (B, H * W, G, cg)
+    torch.testing.assert_close(buffer, expected, rtol=1e-5, atol=1e-5)  # written in place, nothing else touched
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("B,H,W,G,cg,P", SHAPES)
+def test_weight_grad_matches_pytorch(k, B, H, W, G, cg, P, threads):
+    x, g, w = token_map(B, H, W, G, cg, P), token_map(B, H, W, G, cg, 0, 1), torch.randn(G * cg, 1, k, k)
+    ours = depthwise_weight_grad(x, g, w, H, W)
+    assert ours.shape == w.shape and ours.is_contiguous()  # the layout DDP's buckets expect
+    torch.testing.assert_close(ours, reference_wgrad(x, g, w, H, W), rtol=1e-5, atol=1e-4)
+
+
+def test_same_result_every_call():
+    """Threads add their partial sums in a fixed order: no run-to-run differences."""
+    x, g, w = token_map(8, 8, 8, 3, 32, 1), token_map(8, 8, 8, 3, 32), torch.randn(96, 1, 5, 5)
+    first = depthwise_weight_grad(x, g, w, 8, 8)
+    assert all(torch.equal(first, depthwise_weight_grad(x, g, w, 8, 8)) for _ in range(3))
+
+
+@pytest.mark.parametrize("case", ["kernel 9", "float64", "bf16"])
+def test_other_inputs_use_pytorch(case):
+    k, dtype = (9 if case == "kernel 9" else 3), {"float64": torch.float64, "bf16": torch.bfloat16}.get(case)
+    x, g, w = token_map(2, 6, 6, 3, 8, 1), token_map(2, 6, 6, 3, 8), torch.randn(24, 1, k, k)
+    if dtype is not None:
+        x, g, w = x.to(dtype), g.to(dtype), w.to(dtype)
+    tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(depthwise_conv(x, w, 6, 6), reference_conv(x, w, 6, 6), **tol)
+    ours = depthwise_weight_grad(x, g, w, 6, 6)
+    assert ours.dtype == w.dtype and ours.is_contiguous()
+    torch.testing.assert_close(ours, reference_wgrad(x, g, w, 6, 6), **tol)
+
+
+def _check_fallback(H=4, W=4):
+    x, g, w = token_map(2, H, W, 3, 8, 1), token_map(2, H, W, 3, 8), torch.randn(24, 1, 5, 5)
+    add, into = token_map(2, H, W, 3, 8), token_map(2, H, W, 3, 8, 1)
+    depthwise_conv(x, w, H, W, flip=True, add=add, out=into)
+    torch.testing.assert_close(into, add + reference_conv(x, w, H, W, flip=True))
+    torch.testing.assert_close(depthwise_weight_grad(x, g, w, H, W), reference_wgrad(x, g, w, H, W))
+
+
+def test_switched_off(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("LIFEVIT_NATIVE", "0")
+    _check_fallback()
+    assert native_status() == "aten: LIFEVIT_NATIVE=0"
+    assert not list(fresh_kernel.rglob("*.so"))
+
+
+def test_no_compiler_falls_back(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_kernel / "no-such-cc"))
+    _check_fallback()
+    assert native_status().startswith("aten: the native kernel could not be built"), native_status()
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_built_once_into_the_cache(fresh_kernel):
+    _check_fallback()
+    built = list((fresh_kernel / "native").glob("dwconv-*.so"))
+    assert len(built) == 1 and native_status() == "native: dwconv.c"
+    assert not [p for p in (fresh_kernel / "native").iterdir() if p not in built]  # no temporary files left
