@@ -7,9 +7,12 @@ Two ways of timing, both reported (issue 15 asks for both):
 * ``resident``: one process builds both models and alternates them step by step (plain, LIFE, plain, ...),
   as a user would time them in a notebook; the median step of each is reported. Time only.
 
+Each ratio comes with the quartiles of its per-round (process) or per-pair (resident: a LIFE step against the
+plain step beside it) ratios, so that the machine's noise is visible next to the figure.
+
 Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.runtime.keep_freed_memory``).
 
-    python benchmarks/life_overhead.py                      # every figure of docs/performance.md (~10 min, 2 cores)
+    python benchmarks/life_overhead.py                      # every figure of docs/performance.md (~12 min at 3 rounds, 2 cores)
     python benchmarks/life_overhead.py --rows deit_t_32 --ways resident --rounds 5
     python benchmarks/life_overhead.py --device cuda --rows deit_t_224 --batch-scale 16
     python benchmarks/life_overhead.py --rows deit_t_32 --compile    # torch.compile (inductor) both models too
@@ -191,6 +194,7 @@ def measure_process(args, row: str, mode: str) -> Dict[str, float]:
     return dict(**tensors,
         plain_ms=1e3 * med[plain]["step_s"], life_ms=1e3 * med[life]["step_s"],
         time_ratio=med[life]["step_s"] / med[plain]["step_s"],
+        **_spread([a["step_s"] / b["step_s"] for a, b in zip(samples[life], samples[plain])]),
         plain_peak_mb=med[plain]["peak_mb"], life_peak_mb=med[life]["peak_mb"],
         mem_ratio=med[life]["peak_mb"] / max(med[plain]["peak_mb"], 1e-9),
     )  # fmt: skip
@@ -212,7 +216,16 @@ def measure_resident(args, row: str, mode: str) -> Dict[str, float]:
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t)
     med = {n: statistics.median(v) for n, v in times.items()}
-    return dict(plain_ms=1e3 * med[plain], life_ms=1e3 * med[life], time_ratio=med[life] / med[plain])
+    pairs = [a / b for a, b in zip(times[life], times[plain])]  # each LIFE step against the plain step beside it
+    return dict(plain_ms=1e3 * med[plain], life_ms=1e3 * med[life], time_ratio=med[life] / med[plain], **_spread(pairs))
+
+
+def _spread(ratios: List[float]) -> Dict[str, float]:
+    """Quartiles of per-round (process) or per-pair (resident) ratios: how far the machine's noise moves a ratio."""
+    if len(ratios) < 2:
+        return {}
+    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return dict(ratio_q1=q1, ratio_median=q2, ratio_q3=q3, ratio_n=len(ratios))
 
 
 def mac_ratio(row: str, num_classes: int) -> Dict[str, float]:
@@ -293,6 +306,8 @@ def _line(r: Dict) -> str:
     if "tensor_mem_ratio" in r:
         mem += f"   tensors x{r['tensor_mem_ratio']:.3f} ({r['plain_tensor_peak_mb']:.1f} -> {r['life_tensor_peak_mb']:.1f} MiB)"
     times = f"{r['plain_ms']:8.1f} -> {r['life_ms']:8.1f} ms  time x{r['time_ratio']:.3f}"
+    if "ratio_q1" in r:
+        times += f" (quartiles {r['ratio_q1']:.3f}-{r['ratio_q3']:.3f} of {r['ratio_n']})"
     return f"{r['row']:12} {r['way']:8} {r['mode']:5} {times}  MACs x{r['mac_ratio']:.3f}{mem}"
 
 

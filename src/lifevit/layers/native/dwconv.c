@@ -76,34 +76,38 @@ static void pad_image(const geom_t *g, const map_t *m, int b, float *pad) {
             }                                                                                                      \
     }
 
-/* image b's contribution to gw (k * k, C), from the padded input and the output gradient map gm */
+/* image b's contribution to gw (k * k, C), from the padded input and the output gradient map gm; vectors of 16
+   channels within each group (gm's groups need not be adjacent), the channels after a group's last vector one by one */
 #define DEFINE_WGRAD(K)                                                                                            \
     static void wgrad_##K(const geom_t *g, const float *pad, const map_t *gm, int b, float *gw) {                \
         const int C = g->C;                                                                                        \
-        int c0 = 0;                                                                                                \
-        for (; c0 + VL <= C; c0 += VL) {                                                                           \
-            const int gi = c0 / g->cg, cc = c0 % g->cg;                                                            \
-            if (cc + VL > g->cg) break; /* a vector across two groups: the scalar path below does the rest */      \
-            v16 acc[K * K];                                                                                        \
-            for (int t = 0; t < K * K; t++) acc[t] = *(v16 *)(gw + (size_t)t * C + c0);                           \
-            for (int h = 0; h < g->H; h++)                                                                         \
-                for (int x = 0; x < g->W; x++) {                                                                   \
-                    const v16 gv = *(const v16 *)(gm->p + b * gm->sb + (long)(h * g->W + x) * gm->sp + gi * gm->sg + cc); \
-                    const float *p = pad + ((size_t)h * g->Wp + x) * C + c0;                                       \
-                    for (int i = 0; i < K; i++)                                                                    \
-                        for (int j = 0; j < K; j++) acc[i * K + j] += gv * *(const v16 *)(p + ((size_t)i * g->Wp + j) * C); \
-                }                                                                                                  \
-            for (int t = 0; t < K * K; t++) *(v16 *)(gw + (size_t)t * C + c0) = acc[t];                           \
-        }                                                                                                          \
-        for (; c0 < C; c0++) {                                                                                     \
-            const int gi = c0 / g->cg, cc = c0 % g->cg;                                                            \
-            for (int h = 0; h < g->H; h++)                                                                         \
-                for (int x = 0; x < g->W; x++) {                                                                   \
-                    const float gv = gm->p[b * gm->sb + (long)(h * g->W + x) * gm->sp + gi * gm->sg + cc];         \
-                    for (int i = 0; i < K; i++)                                                                    \
-                        for (int j = 0; j < K; j++)                                                                \
-                            gw[(size_t)(i * K + j) * C + c0] += gv * pad[((size_t)(h + i) * g->Wp + x + j) * C + c0]; \
-                }                                                                                                  \
+        for (int gi = 0; gi < g->G; gi++) {                                                                        \
+            const float *grad = gm->p + b * gm->sb + gi * gm->sg;                                                  \
+            int cc = 0;                                                                                            \
+            for (; cc + VL <= g->cg; cc += VL) {                                                                   \
+                const int c0 = gi * g->cg + cc;                                                                    \
+                v16 acc[K * K];                                                                                    \
+                for (int t = 0; t < K * K; t++) acc[t] = *(v16 *)(gw + (size_t)t * C + c0);                       \
+                for (int h = 0; h < g->H; h++)                                                                     \
+                    for (int x = 0; x < g->W; x++) {                                                               \
+                        const v16 gv = *(const v16 *)(grad + (long)(h * g->W + x) * gm->sp + cc);                  \
+                        const float *p = pad + ((size_t)h * g->Wp + x) * C + c0;                                   \
+                        for (int i = 0; i < K; i++)                                                                \
+                            for (int j = 0; j < K; j++)                                                            \
+                                acc[i * K + j] += gv * *(const v16 *)(p + ((size_t)i * g->Wp + j) * C);            \
+                    }                                                                                              \
+                for (int t = 0; t < K * K; t++) *(v16 *)(gw + (size_t)t * C + c0) = acc[t];                       \
+            }                                                                                                      \
+            for (; cc < g->cg; cc++) {                                                                             \
+                const int c0 = gi * g->cg + cc;                                                                    \
+                for (int h = 0; h < g->H; h++)                                                                     \
+                    for (int x = 0; x < g->W; x++) {                                                               \
+                        const float gv = grad[(long)(h * g->W + x) * gm->sp + cc];                                 \
+                        for (int i = 0; i < K; i++)                                                                \
+                            for (int j = 0; j < K; j++)                                                            \
+                                gw[(size_t)(i * K + j) * C + c0] += gv * pad[((size_t)(h + i) * g->Wp + x + j) * C + c0]; \
+                    }                                                                                              \
+            }                                                                                                      \
         }                                                                                                          \
     }
 
