@@ -239,8 +239,10 @@ def mac_ratio(row: str, num_classes: int) -> Dict[str, float]:
 # operator families of the breakdown (self CPU time of the profiler's operators, summed per family)
 FAMILIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
-    "depthwise conv forward": ("aten::mkldnn_convolution",),
-    "depthwise conv backward": ("aten::convolution_backward",),
+    "depthwise convs": (  # PyTorch's (oneDNN) and lifevit's native kernels
+        "aten::mkldnn_convolution", "aten::convolution_backward", "lifevit::depthwise_conv",
+        "lifevit::depthwise_weight_grad",
+    ),
     "copies": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous"),
     "attention": (
         "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -274,7 +276,7 @@ def breakdown(args, row: str, mode: str, steps: int = 3) -> List[Dict[str, float
                 step()
         fams: Dict[str, float] = {f: 0.0 for f in (*FAMILIES, "other")}
         for e in prof.key_averages():
-            if e.key.startswith("aten::") or e.key.startswith("Optimizer") or e.key.startswith("_Scales"):
+            if e.key.startswith(("aten::", "lifevit::", "Optimizer", "_Scales")):
                 fams[family_of.get(e.key, "other")] += e.self_cpu_time_total / 1e3 / steps
         per_family[name] = fams
     total = {n: sum(v.values()) for n, v in per_family.items()}

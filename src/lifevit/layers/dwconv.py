@@ -193,10 +193,11 @@ def depthwise_conv(
     B, _, G, cg = xm.shape
     taps = _taps(weight, flip)
     a = (am.data_ptr(), am.stride(0), am.stride(1), am.stride(2)) if am is not None else (None, 0, 0, 0)
-    rc = lib.life_dw_conv(
-        xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), taps.data_ptr(),
-        om.data_ptr(), om.stride(0), om.stride(1), om.stride(2), *a, B, H, W, G, cg, k, torch.get_num_threads(),
-    )  # fmt: skip
+    with torch.profiler.record_function("lifevit::depthwise_conv"):  # visible to torch.profiler as an operator
+        rc = lib.life_dw_conv(
+            xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), taps.data_ptr(),
+            om.data_ptr(), om.stride(0), om.stride(1), om.stride(2), *a, B, H, W, G, cg, k, torch.get_num_threads(),
+        )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise convolution failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res
@@ -218,10 +219,11 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
         return g_w.reshape(-1).view(weight.shape)
     B, _, G, cg = xm.shape
     gw = x.new_empty(k * k, C)  # tap-major, as the kernel writes it
-    rc = lib.life_dw_wgrad(
-        xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), gm.data_ptr(), gm.stride(0), gm.stride(1),
-        gm.stride(2), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads(),
-    )  # fmt: skip
+    with torch.profiler.record_function("lifevit::depthwise_weight_grad"):
+        rc = lib.life_dw_wgrad(
+            xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), gm.data_ptr(), gm.stride(0), gm.stride(1),
+            gm.stride(2), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads(),
+        )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise weight gradient failed (code {rc}); set LIFEVIT_NATIVE=0")
     return gw.t().contiguous().view(weight.shape)
