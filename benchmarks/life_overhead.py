@@ -17,6 +17,7 @@ Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.
     python benchmarks/life_overhead.py --device cuda --rows deit_t_224 --batch-scale 16
     python benchmarks/life_overhead.py --rows deit_t_32 --compile    # torch.compile (inductor) both models too
     python benchmarks/life_overhead.py --rows deit_t_32 --breakdown  # where LIFE's extra time goes, per operator
+    python benchmarks/life_overhead.py --rows deit_t_32 --compare-kernels --rounds 4  # native kernel vs PyTorch's
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the process's peak resident
 set size from just before the first step (Linux ``VmHWM`` after a reset through ``/proc/self/clear_refs``, else
@@ -220,6 +221,51 @@ def measure_resident(args, row: str, mode: str) -> Dict[str, float]:
     return dict(plain_ms=1e3 * med[plain], life_ms=1e3 * med[life], time_ratio=med[life] / med[plain], **_spread(pairs))
 
 
+def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
+    """Plain, LIFE with the native depthwise kernel and LIFE with PyTorch's, in one process, steps interleaved (the
+    order reversed every other round); per-step ratios against the plain step of the same round."""
+    from lifevit.layers import dwconv
+
+    torch = _setup(args)
+    device = torch.device(args.device)
+    plain, life, img, batch, iters = ROWS[row]
+    batch = batch * args.batch_scale
+    steps = {n: _stepper(torch, _build(n, img, args.num_classes), mode, batch, img, args.num_classes, device,
+                         args.compile) for n in (plain, life)}  # fmt: skip
+    if not dwconv.native_status().startswith("native"):
+        raise SystemExit(f"--compare-kernels needs the native kernel: {dwconv.native_status()}")
+    native = dwconv._lib
+
+    def with_kernel(lib):
+        def step():
+            dwconv._lib = lib
+            try:
+                steps[life]()
+            finally:
+                dwconv._lib = native
+
+        return step
+
+    variants = {"plain": steps[plain], "native": with_kernel(native), "pytorch": with_kernel(None)}
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    for i in range(args.warmup + iters * args.rounds):
+        for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+            t = time.perf_counter()
+            variants[name]()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t)
+    res: Dict[str, float] = {"plain_ms": 1e3 * statistics.median(times["plain"])}
+    for k in ("native", "pytorch"):
+        sp = _spread([a / b for a, b in zip(times[k], times["plain"])])
+        res.update({f"{k}_ms": 1e3 * statistics.median(times[k]), **{f"{k}_{n}": v for n, v in sp.items()}})
+    print(f"{row:12} {mode:5} plain {res['plain_ms']:.0f} ms; LIFE native {res['native_ms']:.0f} ms, "
+          f"x{res['native_ratio_median']:.3f} ({res['native_ratio_q1']:.3f}-{res['native_ratio_q3']:.3f}); LIFE with "
+          f"PyTorch's kernels {res['pytorch_ms']:.0f} ms, x{res['pytorch_ratio_median']:.3f} "
+          f"({res['pytorch_ratio_q1']:.3f}-{res['pytorch_ratio_q3']:.3f}) (medians of {res['native_ratio_n']} per-step "
+          "ratios, quartiles)", flush=True)  # fmt: skip
+    return res
+
+
 def _spread(ratios: List[float]) -> Dict[str, float]:
     """Quartiles of per-round (process) or per-pair (resident) ratios: how far the machine's noise moves a ratio."""
     if len(ratios) < 2:
@@ -327,6 +373,8 @@ def main() -> None:
     p.add_argument("--allocator", default="system", choices=["system", "keep"], help="glibc defaults or keep")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (minutes of compilation)")
     p.add_argument("--breakdown", action="store_true", help="per-operator self CPU time, LIFE minus plain (profiler)")
+    p.add_argument("--compare-kernels", action="store_true",
+                   help="plain vs LIFE with the native depthwise kernel vs LIFE with PyTorch's, interleaved in one process")
     p.add_argument("--update", action="store_true", help="replace only the measured rows in an existing --output")
     p.add_argument("--output", type=Path, default=None, help="JSON (default benchmarks/results/life_overhead.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -337,10 +385,10 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    if args.breakdown:
+    if args.breakdown or args.compare_kernels:
         for row in args.rows:
             for mode in args.modes:
-                breakdown(args, row, mode)
+                (breakdown if args.breakdown else compare_kernels)(args, row, mode)
         return None
 
     import torch
