@@ -56,5 +56,8 @@ def test_cli_profile_json_and_errors(capsys):
     assert main(["profile", "deit_tiny_patch16_224_life", "--num-classes", "100", "--no-throughput"]) == 0
     text = capsys.readouterr().out
     assert "5.62 M" in text and "1.269 G" in text
+    from lifevit.layers.dwconv import native_status
+
+    assert f"LIFE convs  {native_status()}" in text  # which depthwise kernel LIFE runs on this CPU
     assert main(["profile", "no_such_model", "--no-throughput"]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err

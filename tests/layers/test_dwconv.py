@@ -134,3 +134,28 @@ def test_built_once_into_the_cache(fresh_kernel):
     built = list((fresh_kernel / "native").glob("dwconv-*.so"))
     assert len(built) == 1 and native_status() == "native: dwconv.c"
     assert not [p for p in (fresh_kernel / "native").iterdir() if p not in built]  # no temporary files left
+
+
+@pytest.mark.skipif(not HAS_CC or not hasattr(__import__("os"), "getuid"), reason="no C compiler / not POSIX")
+def test_unwritable_cache_uses_a_private_temporary_folder(fresh_kernel, monkeypatch, tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("LIFEVIT_CACHE", str(blocked))  # mkdir under a file fails
+    monkeypatch.setattr(dwconv.tempfile, "gettempdir", lambda: str(tmp_path))
+    _check_fallback()
+    private = tmp_path / f"lifevit-native-{__import__('os').getuid()}"
+    assert native_status() == "native: dwconv.c" and list(private.glob("dwconv-*.so"))
+    assert private.stat().st_mode & 0o077 == 0  # nobody else can read or plant a library there
+
+
+def test_a_shared_temporary_folder_is_refused(fresh_kernel, monkeypatch, tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("LIFEVIT_CACHE", str(blocked))
+    monkeypatch.setattr(dwconv.tempfile, "gettempdir", lambda: str(tmp_path))
+    uid = getattr(__import__("os"), "getuid", lambda: None)()
+    shared = tmp_path / f"lifevit-native-{uid if uid is not None else 'user'}"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could have put a library here
+    _check_fallback()  # still correct, with PyTorch's kernels
+    assert native_status().startswith("aten: the native kernel could not be built"), native_status()

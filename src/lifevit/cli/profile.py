@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
             f"inference   {cost.infer_img_per_s:.1f} img/s on {cost.device} (batch {cost.batch_size}"
             f"{mem(cost.infer_peak_mem_mb)})"
         )
-        if cost.device == "cpu" and "life" in cost.model:
-            from lifevit.layers.dwconv import native_status
+    if cost.device == "cpu" and "life" in cost.model:
+        from lifevit.layers.dwconv import native_status
 
-            print(f"LIFE convs  {native_status()}")  # the native depthwise kernel, or why PyTorch's are used
+        print(f"LIFE convs  {native_status()}")  # the native depthwise kernel, or why PyTorch's are used
     return 0

@@ -8,8 +8,8 @@ pixels with C = G * cg channels: the patch tokens of LIFE's (B, N, 3, D) buffer 
 * ``depthwise_weight_grad``: its weight gradient, (C, 1, k, k) contiguous (the layout DDP's buckets expect).
 
 On CPU, for float32 in eager mode, both run as ``native/dwconv.c``, built with the system's C compiler the first time
-it is needed and cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``: one build per source, compiler,
-flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a dense grid copied
+it is needed and cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder:
+one build per source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a dense grid copied
 in and out, and its weight gradient takes a quarter of oneDNN's time at LIFE's shapes (a 5 x 5 kernel over 8 x 8
 maps of 192 channels: about 1 ms against 4). Everything else (GPU, bf16, ``torch.compile``, ``torch.export``, no
 C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as PyTorch ops; results agree to float32 rounding.
@@ -55,6 +55,29 @@ def _cpu_identity() -> str:
         return platform.processor() or platform.machine()
 
 
+def _cache_dir() -> Path:
+    """``$LIFEVIT_CACHE/native``, else ``~/.cache/lifevit/native``; if that is not writable, a private per-user
+    temporary folder (created 0700 and used only if this user owns it and nobody else can write to it: a shared
+    folder could hold a planted library)."""
+    base = Path(os.environ.get("LIFEVIT_CACHE") or Path.home() / ".cache" / "lifevit")
+    try:
+        (base / "native").mkdir(parents=True, exist_ok=True)
+        if os.access(base / "native", os.W_OK):
+            return base / "native"
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    private = Path(tempfile.gettempdir()) / f"lifevit-native-{uid if uid is not None else 'user'}"
+    try:
+        private.mkdir(mode=0o700, exist_ok=True)
+        st = private.stat()
+        if (uid is None or st.st_uid == uid) and not st.st_mode & 0o022 and os.access(private, os.W_OK):
+            return private
+    except OSError:
+        pass
+    raise RuntimeError(f"no writable folder for the compiled kernel ({base / 'native'} is not writable)")
+
+
 def _compile(cc: str, flags: list, target: Path) -> Optional[str]:
     """Compile the kernel into ``target`` (built aside, then renamed: concurrent builds are safe); the error or None."""
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -77,13 +100,12 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = _SOURCE.read_bytes()
-    cache = Path(os.environ.get("LIFEVIT_CACHE") or Path.home() / ".cache" / "lifevit") / "native"
+    cache = _cache_dir()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), _cpu_identity().encode()]))
         target = cache / f"dwconv-{key.hexdigest()[:16]}.so"
         if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
             err = _compile(cc, flags, target)
             if err:
                 errors.append(err)
