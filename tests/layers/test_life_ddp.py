@@ -30,6 +30,7 @@ with warnings.catch_warnings(record=True) as caught:
         loss(model).backward()
 for w in caught:
     print("WARNING:", w.message, flush=True)
+dist.barrier()  # both ranks done before teardown: gloo aborts a rank whose peer hangs up mid-teardown
 dist.destroy_process_group()
 """
 
