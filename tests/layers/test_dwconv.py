@@ -159,3 +159,14 @@ def test_a_shared_temporary_folder_is_refused(fresh_kernel, monkeypatch, tmp_pat
     shared.chmod(0o777)  # anyone could have put a library here
     _check_fallback()  # still correct, with PyTorch's kernels
     assert native_status().startswith("aten: the native kernel could not be built"), native_status()
+
+
+def test_tensors_that_need_gradients_go_through_pytorch():
+    """Called with autograd recording, the convolution must be PyTorch's, or gradients would be lost."""
+    x, w = token_map(2, 4, 4, 3, 16, 1), torch.randn(48, 1, 3, 3, requires_grad=True)
+    y = depthwise_conv(x, w, 4, 4)
+    assert y.grad_fn is not None
+    (g,) = torch.autograd.grad(y.sum(), w)
+    torch.testing.assert_close(g, reference_wgrad(x, torch.ones_like(x), w.detach(), 4, 4))
+    with torch.no_grad():
+        assert depthwise_conv(x, w, 4, 4).grad_fn is None

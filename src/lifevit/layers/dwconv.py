@@ -164,10 +164,12 @@ def _plain_cpu_float(m: torch.Tensor) -> bool:
 def _lib_for(k: int, *maps: Optional[torch.Tensor]) -> Optional[ctypes.CDLL]:
     """The native kernel when it can take these maps (plain float32 CPU tensors, eager, nobody watching the
     operators: a dispatch mode such as ``FlopCounterMode`` must see the convolution), else None."""
+    present = [m for m in maps if m is not None]
     ok = (
         not torch.compiler.is_compiling()
         and not is_in_torch_dispatch_mode()
-        and all(m is None or _plain_cpu_float(m) for m in maps)
+        and all(_plain_cpu_float(m) for m in present)
+        and not (torch.is_grad_enabled() and any(m.requires_grad for m in present))  # autograd must see PyTorch ops
     )
     lib = _native() if ok else None
     return lib if lib is not None and lib.life_dw_supports(k) else None
@@ -202,7 +204,7 @@ def depthwise_conv(
     G = G.shape[2] if G.ndim == 4 else 1
     xm = _as_map(x, G)
     shape = (out if out is not None else add if add is not None else x).shape
-    lib = _lib_for(k, xm, add, out)
+    lib = _lib_for(k, xm, add, out, weight)
     if lib is None:
         w = weight.flip(-1, -2) if flip else weight
         conv = F.conv2d(_grid(xm, H, W), w, None, padding=k // 2, groups=weight.shape[0])  # (B, C, H, W)
@@ -232,7 +234,7 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
     C, k = weight.shape[0], weight.shape[-1]
     G = x.shape[2] if x.ndim == 4 else g.shape[2] if g.ndim == 4 else 1
     xm, gm = _as_map(x, G), _as_map(g, G)
-    lib = _lib_for(k, xm, gm)
+    lib = _lib_for(k, xm, gm, weight)
     if lib is None:
         _, g_w, _ = torch.ops.aten.convolution_backward(
             _grid(gm, H, W), _grid(xm, H, W), weight, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], C,
