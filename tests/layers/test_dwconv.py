@@ -170,3 +170,9 @@ def test_tensors_that_need_gradients_go_through_pytorch():
     torch.testing.assert_close(g, reference_wgrad(x, torch.ones_like(x), w.detach(), 4, 4))
     with torch.no_grad():
         assert depthwise_conv(x, w, 4, 4).grad_fn is None
+
+
+def test_empty_batch():
+    x, g, w = token_map(0, 4, 4, 3, 16), token_map(0, 4, 4, 3, 16), torch.randn(48, 1, 5, 5)
+    assert depthwise_conv(x, w, 4, 4).shape == (0, 16, 3, 16)
+    torch.testing.assert_close(depthwise_weight_grad(x, g, w, 4, 4), torch.zeros_like(w))

@@ -158,6 +158,7 @@ def _plain_cpu_float(m: torch.Tensor) -> bool:
         and m.dtype == torch.float32
         and m.layout == torch.strided
         and m.stride(-1) == 1
+        and m.numel() > 0  # an empty batch: PyTorch's kernels return the empty result
     )
 
 
@@ -177,7 +178,8 @@ def _lib_for(k: int, *maps: Optional[torch.Tensor]) -> Optional[ctypes.CDLL]:
 
 def _grid(m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """(B, HW, G, cg) map -> (B, C, H, W) channels-last dense (a copy unless ``m`` is dense)."""
-    return m.reshape(m.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    C = m.shape[2] * m.shape[3]
+    return m.reshape(m.shape[0], H, W, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 def _taps(weight: torch.Tensor, flip: bool) -> torch.Tensor:
