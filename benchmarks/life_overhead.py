@@ -12,7 +12,7 @@ plain step beside it) ratios, so that the machine's noise is visible next to the
 
 Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.runtime.keep_freed_memory``).
 
-    python benchmarks/life_overhead.py                      # every figure of docs/performance.md (~12 min at 3 rounds, 2 cores)
+    python benchmarks/life_overhead.py --rounds 3           # every figure of docs/performance.md (~12 min, 2 cores)
     python benchmarks/life_overhead.py --rows deit_t_32 --ways resident --rounds 5
     python benchmarks/life_overhead.py --device cuda --rows deit_t_224 --batch-scale 16
     python benchmarks/life_overhead.py --rows deit_t_32 --compile    # torch.compile (inductor) both models too
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -201,21 +201,33 @@ def measure_process(args, row: str, mode: str) -> Dict[str, float]:
     )  # fmt: skip
 
 
-def measure_resident(args, row: str, mode: str) -> Dict[str, float]:
-    """Both models in this process, steps alternating plain / LIFE; medians (time only)."""
+def _resident(args, row: str, mode: str):
+    """Both models of ``row`` built in this process: ({name: step}, plain name, LIFE name, steps per round)."""
     torch = _setup(args)
     device = torch.device(args.device)
     plain, life, img, batch, iters = ROWS[row]
     batch = batch * args.batch_scale
     steps = {n: _stepper(torch, _build(n, img, args.num_classes), mode, batch, img, args.num_classes, device,
                          args.compile) for n in (plain, life)}  # fmt: skip
-    times: Dict[str, List[float]] = {plain: [], life: []}
+    return steps, plain, life, iters
+
+
+def _interleaved(args, variants: Dict[str, Callable[[], None]], iters: int) -> Dict[str, List[float]]:
+    """Step times of every variant, one step each per round, the order reversed every other round (warm-up not kept)."""
+    times: Dict[str, List[float]] = {k: [] for k in variants}
     for i in range(args.warmup + iters * args.rounds):
-        for name in (plain, life) if i % 2 == 0 else (life, plain):
+        for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
             t = time.perf_counter()
-            steps[name]()
+            variants[name]()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t)
+    return times
+
+
+def measure_resident(args, row: str, mode: str) -> Dict[str, float]:
+    """Both models in this process, steps alternating plain / LIFE; medians (time only)."""
+    steps, plain, life, iters = _resident(args, row, mode)
+    times = _interleaved(args, steps, iters)
     med = {n: statistics.median(v) for n, v in times.items()}
     pairs = [a / b for a, b in zip(times[life], times[plain])]  # each LIFE step against the plain step beside it
     return dict(plain_ms=1e3 * med[plain], life_ms=1e3 * med[life], time_ratio=med[life] / med[plain], **_spread(pairs))
@@ -226,12 +238,7 @@ def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
     order reversed every other round); per-step ratios against the plain step of the same round."""
     from lifevit.layers import dwconv
 
-    torch = _setup(args)
-    device = torch.device(args.device)
-    plain, life, img, batch, iters = ROWS[row]
-    batch = batch * args.batch_scale
-    steps = {n: _stepper(torch, _build(n, img, args.num_classes), mode, batch, img, args.num_classes, device,
-                         args.compile) for n in (plain, life)}  # fmt: skip
+    steps, plain, life, iters = _resident(args, row, mode)
     if not dwconv.native_status().startswith("native"):
         raise SystemExit(f"--compare-kernels needs the native kernel: {dwconv.native_status()}")
     native = dwconv._lib
@@ -247,13 +254,7 @@ def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
         return step
 
     variants = {"plain": steps[plain], "native": with_kernel(native), "pytorch": with_kernel(None)}
-    times: Dict[str, List[float]] = {k: [] for k in variants}
-    for i in range(args.warmup + iters * args.rounds):
-        for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
-            t = time.perf_counter()
-            variants[name]()
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t)
+    times = _interleaved(args, variants, iters)
     res: Dict[str, float] = {"plain_ms": 1e3 * statistics.median(times["plain"])}
     for k in ("native", "pytorch"):
         sp = _spread([a / b for a, b in zip(times[k], times["plain"])])
@@ -352,7 +353,8 @@ def _line(r: Dict) -> str:
     if "mem_ratio" in r:
         mem = f"   peak x{r['mem_ratio']:.3f} ({r['plain_peak_mb']:.0f} -> {r['life_peak_mb']:.0f} MiB)"
     if "tensor_mem_ratio" in r:
-        mem += f"   tensors x{r['tensor_mem_ratio']:.3f} ({r['plain_tensor_peak_mb']:.1f} -> {r['life_tensor_peak_mb']:.1f} MiB)"
+        tensors = f"({r['plain_tensor_peak_mb']:.1f} -> {r['life_tensor_peak_mb']:.1f} MiB)"
+        mem += f"   tensors x{r['tensor_mem_ratio']:.3f} {tensors}"
     times = f"{r['plain_ms']:8.1f} -> {r['life_ms']:8.1f} ms  time x{r['time_ratio']:.3f}"
     if "ratio_q1" in r:
         times += f" (quartiles {r['ratio_q1']:.3f}-{r['ratio_q3']:.3f} of {r['ratio_n']})"
@@ -373,8 +375,11 @@ def main() -> None:
     p.add_argument("--allocator", default="system", choices=["system", "keep"], help="glibc defaults or keep")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (minutes of compilation)")
     p.add_argument("--breakdown", action="store_true", help="per-operator self CPU time, LIFE minus plain (profiler)")
-    p.add_argument("--compare-kernels", action="store_true",
-                   help="plain vs LIFE with the native depthwise kernel vs LIFE with PyTorch's, interleaved in one process")
+    p.add_argument(
+        "--compare-kernels",
+        action="store_true",
+        help="plain vs LIFE with the native depthwise kernel vs with PyTorch's, interleaved in one process",
+    )
     p.add_argument("--update", action="store_true", help="replace only the measured rows in an existing --output")
     p.add_argument("--output", type=Path, default=None, help="JSON (default benchmarks/results/life_overhead.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -7,13 +7,14 @@ pixels with C = G * cg channels: the patch tokens of LIFE's (B, N, 3, D) buffer 
   and added to another map, written into a given map or a new dense one.
 * ``depthwise_weight_grad``: its weight gradient, (C, 1, k, k) contiguous (the layout DDP's buckets expect).
 
-On CPU, for float32 in eager mode, both run as ``native/dwconv.c``, built with the system's C compiler the first time
-it is needed and cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder:
-one build per source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a dense grid copied
-in and out, and its weight gradient takes a quarter of oneDNN's time at LIFE's shapes (a 5 x 5 kernel over 8 x 8
-maps of 192 channels: about 1 ms against 4). Everything else (GPU, bf16, ``torch.compile``, ``torch.export``, no
-C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as PyTorch ops; results agree to float32 rounding.
-``native_status()`` says which one is in use.
+On CPU, for float32 in eager mode where autograd is not recording (LIFE's autograd function and no-grad
+inference), both run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
+cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder: one build per
+source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a
+dense grid copied in and out, and its 5 x 5 weight gradient takes a fourth to a fifth of oneDNN's time at LIFE's
+shapes (8 x 8 maps of 192 channels, batch 64: 1.5 against 7.5 ms with the inputs out of cache). Everything else
+(GPU, bf16, ``torch.compile``, ``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same
+arithmetic as PyTorch ops; results agree to float32 rounding. ``native_status()`` says which one is in use.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -111,11 +112,14 @@ def _build() -> ctypes.CDLL:
                 errors.append(err)
                 continue
         lib = ctypes.CDLL(str(target))
-        L, I, P = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
-        lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [I]
+        long_, int_, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
+        stride3 = [long_] * 3  # batch, pixel, group strides of a map
+        lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [int_]
         lib.life_dw_conv.restype = lib.life_dw_wgrad.restype = ctypes.c_int
-        lib.life_dw_conv.argtypes = [P, L, L, L, P, P, L, L, L, P, L, L, L, I, I, I, I, I, I, I]
-        lib.life_dw_wgrad.argtypes = [P, L, L, L, P, L, L, L, P, I, I, I, I, I, I, I]
+        # x, w, out, add (maps with their strides), then B, H, W, G, cg, k, threads
+        lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, ptr, *stride3, ptr, *stride3, *[int_] * 7]
+        # x, g (maps with their strides), gw, then B, H, W, G, cg, k, threads
+        lib.life_dw_wgrad.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[int_] * 7]
         return lib
     raise RuntimeError("; ".join(errors))
 
@@ -176,6 +180,11 @@ def _lib_for(k: int, *maps: Optional[torch.Tensor]) -> Optional[ctypes.CDLL]:
     return lib if lib is not None and lib.life_dw_supports(k) else None
 
 
+def _c_map(m: torch.Tensor) -> Tuple[int, int, int, int]:
+    """A (B, HW, G, cg) map as the kernel takes it: data pointer, batch, pixel and group strides (in floats)."""
+    return m.data_ptr(), m.stride(0), m.stride(1), m.stride(2)
+
+
 def _grid(m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """(B, HW, G, cg) map -> (B, C, H, W) channels-last dense (a copy unless ``m`` is dense)."""
     C = m.shape[2] * m.shape[3]
@@ -202,10 +211,9 @@ def depthwise_conv(
 
     Shapes: x, add, out (B, H*W, C) or (B, H*W, G, cg) (views with dense channels); the result has ``add``'s shape
     (``out``'s, or else ``x``'s)."""
-    k, G = weight.shape[-1], (add if add is not None else out if out is not None else x)
-    G = G.shape[2] if G.ndim == 4 else 1
+    layout = next(t for t in (out, add, x) if t is not None)  # the result's: (B, H*W, C) or (B, H*W, G, cg)
+    k, G, shape = weight.shape[-1], layout.shape[2] if layout.ndim == 4 else 1, layout.shape
     xm = _as_map(x, G)
-    shape = (out if out is not None else add if add is not None else x).shape
     lib = _lib_for(k, xm, add, out, weight)
     if lib is None:
         w = weight.flip(-1, -2) if flip else weight
@@ -218,12 +226,9 @@ def depthwise_conv(
     om, am = _as_map(res, G), None if add is None else _as_map(add, G)
     B, _, G, cg = xm.shape
     taps = _taps(weight, flip)
-    a = (am.data_ptr(), am.stride(0), am.stride(1), am.stride(2)) if am is not None else (None, 0, 0, 0)
+    a = _c_map(am) if am is not None else (None, 0, 0, 0)
     with torch.profiler.record_function("lifevit::depthwise_conv"):  # visible to torch.profiler as an operator
-        rc = lib.life_dw_conv(
-            xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), taps.data_ptr(),
-            om.data_ptr(), om.stride(0), om.stride(1), om.stride(2), *a, B, H, W, G, cg, k, torch.get_num_threads(),
-        )  # fmt: skip
+        rc = lib.life_dw_conv(*_c_map(xm), taps.data_ptr(), *_c_map(om), *a, B, H, W, G, cg, k, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise convolution failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res
@@ -246,10 +251,7 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
     B, _, G, cg = xm.shape
     gw = x.new_empty(k * k, C)  # tap-major, as the kernel writes it
     with torch.profiler.record_function("lifevit::depthwise_weight_grad"):
-        rc = lib.life_dw_wgrad(
-            xm.data_ptr(), xm.stride(0), xm.stride(1), xm.stride(2), gm.data_ptr(), gm.stride(0), gm.stride(1),
-            gm.stride(2), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads(),
-        )  # fmt: skip
+        rc = lib.life_dw_wgrad(*_c_map(xm), *_c_map(gm), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise weight gradient failed (code {rc}); set LIFEVIT_NATIVE=0")
     return gw.t().contiguous().view(weight.shape)
