@@ -54,8 +54,11 @@ def fresh_kernel(monkeypatch, tmp_path):
 
 
 # shapes: LIFE's (3 groups of 16+), a vector across groups (cg 10, 7), channels after the last vector, maps smaller
-# than the kernel (1x1, 3x2), and widths that are not whole 8-pixel blocks
-SHAPES = [(4, 8, 8, 3, 16, 1), (3, 5, 7, 3, 10, 0), (2, 3, 2, 1, 21, 2), (1, 1, 1, 1, 16, 0), (2, 14, 9, 3, 7, 1)]
+# than the kernel (1x1, 3x2), and widths that are not whole 8-pixel blocks (also with whole-vector groups: 14 x 32)
+SHAPES = [
+    (4, 8, 8, 3, 16, 1), (3, 5, 7, 3, 10, 0), (2, 3, 2, 1, 21, 2), (1, 1, 1, 1, 16, 0), (2, 14, 9, 3, 7, 1),
+    (2, 6, 14, 2, 32, 1),
+]  # fmt: skip
 
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler")
@@ -85,6 +88,34 @@ def test_weight_grad_matches_pytorch(k, B, H, W, G, cg, P, threads):
     ours = depthwise_weight_grad(x, g, w, H, W)
     assert ours.shape == w.shape and ours.is_contiguous()  # the layout DDP's buckets expect
     torch.testing.assert_close(ours, reference_wgrad(x, g, w, H, W), rtol=1e-5, atol=1e-4)
+
+
+def _cpu_has(flag):
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+# the kernel's vector width follows the target: 4 floats (SSE2, the portable build), 8 (AVX2), 16 (AVX-512,
+# usually what -march=native gives); each build must agree with PyTorch, with groups that are whole vectors of its
+# width (direct stores) and groups that are not
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize("width", ["sse2", "avx2"])
+def test_every_vector_width_matches_pytorch(width, fresh_kernel, monkeypatch):
+    if width == "avx2" and not (_cpu_has("avx2") and _cpu_has("fma")):
+        pytest.skip("this CPU has no AVX2")
+    target = {"sse2": [], "avx2": ["-mavx2", "-mfma"]}[width]
+    monkeypatch.setattr(dwconv, "_FLAG_SETS", [["-O3", *target, "-std=gnu99", "-fPIC", "-shared", "-fopenmp"]])
+    assert native_status() == "native: dwconv.c", native_status()
+    for B, H, W, G, cg, P in [(3, 8, 8, 3, 8, 1), (2, 6, 14, 2, 32, 1), (2, 5, 7, 3, 10, 0)]:
+        for k in (3, 5, 7):
+            x, g, w = token_map(B, H, W, G, cg, P, spare=3), token_map(B, H, W, G, cg), torch.randn(G * cg, 1, k, k)
+            add, into = token_map(B, H, W, G, cg), token_map(B, H, W, G, cg, P)
+            depthwise_conv(x, w, H, W, flip=True, add=add, out=into)
+            torch.testing.assert_close(into, add + reference_conv(x, w, H, W, flip=True), rtol=1e-5, atol=1e-5)
+            ours = depthwise_weight_grad(x, g, w, H, W)
+            torch.testing.assert_close(ours, reference_wgrad(x, g, w, H, W), rtol=1e-5, atol=1e-4)
 
 
 def test_same_result_every_call():

@@ -116,8 +116,8 @@ def _build() -> ctypes.CDLL:
         stride3 = [long_] * 3  # batch, pixel, group strides of a map
         lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [int_]
         lib.life_dw_conv.restype = lib.life_dw_wgrad.restype = ctypes.c_int
-        # x, w, out, add (maps with their strides), then B, H, W, G, cg, k, threads
-        lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, ptr, *stride3, ptr, *stride3, *[int_] * 7]
+        # x (map with its strides), weight, flip, out, add (maps), then B, H, W, G, cg, k, threads
+        lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, ptr, *stride3, ptr, *stride3, *[int_] * 7]
         # x, g (maps with their strides), gw, then B, H, W, G, cg, k, threads
         lib.life_dw_wgrad.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[int_] * 7]
         return lib
@@ -191,12 +191,6 @@ def _grid(m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return m.reshape(m.shape[0], H, W, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def _taps(weight: torch.Tensor, flip: bool) -> torch.Tensor:
-    """(C, 1, k, k) -> (k * k, C) contiguous, the kernel's tap-major layout (taps reversed when ``flip``)."""
-    w = weight.reshape(weight.shape[0], -1)
-    return (w.flip(1) if flip else w).t().contiguous()
-
-
 def depthwise_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -225,10 +219,11 @@ def depthwise_conv(
     res = out if out is not None else x.new_empty(shape)
     om, am = _as_map(res, G), None if add is None else _as_map(add, G)
     B, _, G, cg = xm.shape
-    taps = _taps(weight, flip)
+    w = weight.contiguous()  # (C, 1, k, k): the kernel reads the taps as they are (flips them itself)
     a = _c_map(am) if am is not None else (None, 0, 0, 0)
     with torch.profiler.record_function("lifevit::depthwise_conv"):  # visible to torch.profiler as an operator
-        rc = lib.life_dw_conv(*_c_map(xm), taps.data_ptr(), *_c_map(om), *a, B, H, W, G, cg, k, torch.get_num_threads())
+        rc = lib.life_dw_conv(*_c_map(xm), w.data_ptr(), int(flip), *_c_map(om), *a, B, H, W, G, cg, k,
+                              torch.get_num_threads())  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise convolution failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res
@@ -249,9 +244,9 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
         )  # fmt: skip
         return g_w.reshape(-1).view(weight.shape)
     B, _, G, cg = xm.shape
-    gw = x.new_empty(k * k, C)  # tap-major, as the kernel writes it
+    gw = x.new_empty(weight.shape)  # (C, 1, k, k) contiguous, as the kernel writes it
     with torch.profiler.record_function("lifevit::depthwise_weight_grad"):
         rc = lib.life_dw_wgrad(*_c_map(xm), *_c_map(gm), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise weight gradient failed (code {rc}); set LIFEVIT_NATIVE=0")
-    return gw.t().contiguous().view(weight.shape)
+    return gw

@@ -4,22 +4,33 @@
  * batch / pixel / group stride: the patch tokens of LIFE's (B, N, 3, D) buffer are such a map (G = 3: q, k, v)
  * and can be read and written in place, without gathering them into a dense grid first.
  *
- *   life_dw_conv:  o[b, p, c] = add[b, p, c] + sum_t x[b, p + t, c] * w[t][c]   (add optional; t over the k x k taps)
- *                  with w flipped by the caller this is the input gradient of the convolution
- *   life_dw_wgrad: gw[t][c]   = sum_{b, p} g[b, p, c] * x[b, p + t, c]           (the weight gradient)
+ *   life_dw_conv:  o[b, p, c] = add[b, p, c] + sum_t x[b, p + t, c] * w[c][t]   (add optional; t over the k x k taps)
+ *                  with flip set, w's taps are reversed: the input gradient of the convolution
+ *   life_dw_wgrad: gw[c][t]   = sum_{b, p} g[b, p, c] * x[b, p + t, c]           (the weight gradient)
  *
- * w and gw are (k * k, C), tap-major. Each thread zero-pads one image at a time into a dense buffer; the
- * convolution keeps 8 output pixels of 16 channels in vector registers and loads each input row once per kernel row,
- * the weight gradient keeps the k * k sums of 16 channels in registers. Threads split the batch; partial weight
- * gradients are added in a fixed order, so results do not depend on timing. C99 with GCC vector extensions and
- * OpenMP; built and loaded by dwconv.py.
+ * w and gw are PyTorch's (C, 1, k, k) weights, contiguous. Each thread copies one image at a time into a dense
+ * buffer with a zero border (zeroed once); the convolution keeps 8 output pixels of one vector of channels
+ * in registers (the inputs are read from that buffer, in cache) and stores the blocks straight into the output map
+ * where its groups are whole vectors; the weight gradient keeps the k sums of one kernel row in registers. Threads
+ * split the batch; partial weight gradients are added in a fixed order, so results do not depend on timing. C99
+ * with GCC vector extensions and OpenMP; built and loaded by dwconv.py.
  */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v16 __attribute__((vector_size(64), aligned(4))); /* 16 floats, unaligned access allowed */
+/* one vector register of floats: 16 with AVX-512, 8 with AVX, else 4 (a wider vector type than the target has is
+   split by the compiler, several times slower) */
+#if defined(__AVX512F__)
 #define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+typedef float vf __attribute__((vector_size(VL * 4), aligned(4))); /* unaligned access allowed */
 #define UW 8 /* output pixels per register block */
+#define XREGS (VL == 16) /* AVX-512 has 32 vector registers: room for a row of inputs */
 
 typedef struct {
     const float *p;
@@ -36,37 +47,82 @@ static geom_t geometry(int B, int H, int W, int G, int cg, int k) {
     return g;
 }
 
-/* image b of m, zero-padded (k / 2 above, below and left; the rest right), into pad: (H + k - 1, Wp, C) dense */
-static void pad_image(const geom_t *g, const map_t *m, int b, float *pad) {
-    const int r = g->k / 2;
-    memset(pad, 0, sizeof(float) * (size_t)(g->H + g->k - 1) * g->Wp * g->C);
+/* n floats, zeroed, on a 64-byte boundary: with C a multiple of the vector width every vector load from the
+   buffers below stays within one cache line (a misaligned one costs two); NULL if out of memory */
+static float *zeroed(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(float) * (n ? n : 1)) != 0) return NULL;
+    memset(p, 0, sizeof(float) * n);
+    return p;
+}
+
+/* A thread's padded image: (H + k - 1, Wp, C) dense. Its border (k / 2 rows above and below, k / 2 columns left and
+   the rest right) is zeroed once when the buffer is made and never written; each image rewrites the interior only. */
+static float *new_pad(const geom_t *g, size_t extra) {
+    return zeroed((size_t)(g->H + g->k - 1) * g->Wp * g->C + extra);
+}
+
+/* image b of m into pad's interior; vector copies where groups are whole vectors */
+static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad) {
+    const int r = g->k / 2, vec = g->cg % VL == 0;
     for (int h = 0; h < g->H; h++)
         for (int w = 0; w < g->W; w++) {
             const float *src = m->p + b * m->sb + (long)(h * g->W + w) * m->sp;
             float *dst = pad + ((size_t)(h + r) * g->Wp + w + r) * g->C;
-            for (int gi = 0; gi < g->G; gi++) memcpy(dst + gi * g->cg, src + gi * m->sg, sizeof(float) * g->cg);
+            for (int gi = 0; gi < g->G; gi++) {
+                const float *s = src + gi * m->sg;
+                float *d = dst + gi * g->cg;
+                if (vec)
+                    for (int c = 0; c < g->cg; c += VL) *(vf *)(d + c) = *(const vf *)(s + c);
+                else
+                    memcpy(d, s, sizeof(float) * g->cg);
+            }
         }
 }
 
-/* one output row h of image b into row (Wp, C) dense; K known at compile time */
+/* output row h of image b. Where every group is whole vectors (cg % 16 == 0) the register blocks go straight to
+   the output map o (plus the add map a, if any); otherwise into row (Wp, C) dense, which the caller scatters. K is
+   known at compile time. */
 #define DEFINE_CONV(K)                                                                                             \
-    static void conv_row_##K(const geom_t *g, const float *pad, const float *w, int h, float *row) {            \
-        const int C = g->C;                                                                                        \
+    static void conv_row_##K(const geom_t *g, const float *pad, const float *w, int h, float *row, const map_t *o,  \
+                             const map_t *a, int b) {                                                              \
+        const int C = g->C, direct = g->cg % VL == 0;                                                              \
         int c0 = 0;                                                                                                \
-        for (; c0 + VL <= C; c0 += VL)                                                                             \
+        for (; c0 + VL <= C; c0 += VL) {                                                                           \
+            const long goff_o = (long)(c0 / g->cg) * o->sg + c0 % g->cg;                                           \
+            const long goff_a = a->p ? (long)(c0 / g->cg) * a->sg + c0 % g->cg : 0;                                \
             for (int w0 = 0; w0 < g->W; w0 += UW) {                                                                \
-                v16 acc[UW] = {{0}};                                                                               \
+                vf acc[UW] = {{0}};                                                                               \
                 for (int i = 0; i < K; i++) {                                                                      \
                     const float *in = pad + ((size_t)(h + i) * g->Wp + w0) * C + c0;                               \
-                    v16 xs[UW + K - 1], ws[K];                                                                     \
-                    for (int u = 0; u < UW + K - 1; u++) xs[u] = *(const v16 *)(in + (size_t)u * C);               \
-                    for (int j = 0; j < K; j++) ws[j] = *(const v16 *)(w + (size_t)(i * K + j) * C + c0);          \
-                    for (int j = 0; j < K; j++)                                                                    \
-                        for (int u = 0; u < UW; u++) acc[u] += xs[u + j] * ws[j];                                  \
+                    if (XREGS) { /* the row's UW + K - 1 inputs in registers, each loaded once */                  \
+                        vf xs[UW + K - 1];                                                                         \
+                        for (int u = 0; u < UW + K - 1; u++) xs[u] = *(const vf *)(in + (size_t)u * C);           \
+                        for (int j = 0; j < K; j++) {                                                              \
+                            const vf wv = *(const vf *)(w + (size_t)(i * K + j) * C + c0);                         \
+                            for (int u = 0; u < UW; u++) acc[u] += xs[u + j] * wv;                                 \
+                        }                                                                                          \
+                    } else { /* fewer registers: every input loaded where it is used */                           \
+                        for (int j = 0; j < K; j++) {                                                              \
+                            const vf wv = *(const vf *)(w + (size_t)(i * K + j) * C + c0);                         \
+                            for (int u = 0; u < UW; u++) acc[u] += *(const vf *)(in + (size_t)(u + j) * C) * wv;   \
+                        }                                                                                          \
+                    }                                                                                              \
                 }                                                                                                  \
-                for (int u = 0; u < UW; u++) *(v16 *)(row + (size_t)(w0 + u) * C + c0) = acc[u];                   \
+                if (direct) {                                                                                      \
+                    const int n = g->W - w0 < UW ? g->W - w0 : UW;                                                 \
+                    for (int u = 0; u < n; u++) {                                                                  \
+                        const long p = (long)h * g->W + w0 + u;                                                    \
+                        vf v = acc[u];                                                                            \
+                        if (a->p) v += *(const vf *)(a->p + b * a->sb + p * a->sp + goff_a);                      \
+                        *(vf *)((float *)o->p + b * o->sb + p * o->sp + goff_o) = v;                              \
+                    }                                                                                              \
+                } else {                                                                                           \
+                    for (int u = 0; u < UW; u++) *(vf *)(row + (size_t)(w0 + u) * C + c0) = acc[u];               \
+                }                                                                                                  \
             }                                                                                                      \
-        for (; c0 < C; c0++) /* channels after the last full vector */                                             \
+        }                                                                                                          \
+        for (; c0 < C; c0++) /* channels after the last full vector (never with direct stores) */                  \
             for (int x = 0; x < g->W; x++) {                                                                       \
                 float acc = 0;                                                                                     \
                 for (int i = 0; i < K; i++)                                                                        \
@@ -76,8 +132,8 @@ static void pad_image(const geom_t *g, const map_t *m, int b, float *pad) {
             }                                                                                                      \
     }
 
-/* image b's contribution to gw (k * k, C), from the padded input and the output gradient map gm; vectors of 16
-   channels within each group (gm's groups need not be adjacent), the channels after a group's last vector one by one */
+/* image b's contribution to gw (k * k, C), from the padded input and the output gradient map gm; vectors of channels
+   within each group (gm's groups need not be adjacent), the channels after a group's last vector one by one */
 #define DEFINE_WGRAD(K)                                                                                            \
     static void wgrad_##K(const geom_t *g, const float *pad, const map_t *gm, int b, float *gw) {                \
         const int C = g->C;                                                                                        \
@@ -86,17 +142,17 @@ static void pad_image(const geom_t *g, const map_t *m, int b, float *pad) {
             int cc = 0;                                                                                            \
             for (; cc + VL <= g->cg; cc += VL) {                                                                   \
                 const int c0 = gi * g->cg + cc;                                                                    \
-                v16 acc[K * K];                                                                                    \
-                for (int t = 0; t < K * K; t++) acc[t] = *(v16 *)(gw + (size_t)t * C + c0);                       \
-                for (int h = 0; h < g->H; h++)                                                                     \
-                    for (int x = 0; x < g->W; x++) {                                                               \
-                        const v16 gv = *(const v16 *)(grad + (long)(h * g->W + x) * gm->sp + cc);                  \
-                        const float *p = pad + ((size_t)h * g->Wp + x) * C + c0;                                   \
-                        for (int i = 0; i < K; i++)                                                                \
-                            for (int j = 0; j < K; j++)                                                            \
-                                acc[i * K + j] += gv * *(const v16 *)(p + ((size_t)i * g->Wp + j) * C);            \
-                    }                                                                                              \
-                for (int t = 0; t < K * K; t++) *(v16 *)(gw + (size_t)t * C + c0) = acc[t];                       \
+                for (int i = 0; i < K; i++) { /* one kernel row at a time: K sums in registers */                \
+                    vf acc[K];                                                                                     \
+                    for (int j = 0; j < K; j++) acc[j] = *(vf *)(gw + (size_t)(i * K + j) * C + c0);               \
+                    for (int h = 0; h < g->H; h++)                                                                 \
+                        for (int x = 0; x < g->W; x++) {                                                           \
+                            const vf gv = *(const vf *)(grad + (long)(h * g->W + x) * gm->sp + cc);                \
+                            const float *p = pad + ((size_t)(h + i) * g->Wp + x) * C + c0;                         \
+                            for (int j = 0; j < K; j++) acc[j] += gv * *(const vf *)(p + (size_t)j * C);           \
+                        }                                                                                          \
+                    for (int j = 0; j < K; j++) *(vf *)(gw + (size_t)(i * K + j) * C + c0) = acc[j];               \
+                }                                                                                                  \
             }                                                                                                      \
             for (; cc < g->cg; cc++) {                                                                             \
                 const int c0 = gi * g->cg + cc;                                                                    \
@@ -125,29 +181,43 @@ static int threads_for(int threads, int B) {
     return nt > B ? B : nt;
 }
 
-/* o = add + conv(x, w); add may be NULL. Returns 0 on success. OpenMP: linked against the libgomp PyTorch has
-   loaded, this runs on PyTorch's own worker threads (a second pool would compete with them for the cores). */
-int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *w, float *o, long osb, long osp, long osg,
-                 const float *add, long asb, long asp, long asg, int B, int H, int W, int G, int cg, int k, int threads) {
+/* the taps of weight (C, k * k) as the kernels read them: (k * k, C), reversed (the flipped kernel) when flip */
+static float *tap_major(const float *weight, int C, int kk, int flip) {
+    float *w = zeroed((size_t)kk * C);
+    if (w)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < kk; t++) w[(size_t)(flip ? kk - 1 - t : t) * C + c] = weight[(size_t)c * kk + t];
+    return w;
+}
+
+/* o = add + conv(x, weight); weight (C, k * k) contiguous (PyTorch's (C, 1, k, k)), spatially flipped when flip;
+   add may be NULL. Returns 0 on success. OpenMP: linked against the libgomp PyTorch has loaded, this runs on
+   PyTorch's own worker threads (a second pool would compete with them for the cores). */
+int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weight, int flip, float *o, long osb,
+                 long osp, long osg, const float *add, long asb, long asp, long asg, int B, int H, int W, int G, int cg,
+                 int k, int threads) {
     if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
     const geom_t g = geometry(B, H, W, G, cg, k);
-    const map_t xm = {x, xsb, xsp, xsg};
-    const int nt = threads_for(threads, B);
+    const map_t xm = {x, xsb, xsp, xsg}, om = {o, osb, osp, osg}, am = {add, asb, asp, asg};
+    const int nt = threads_for(threads, B), direct = cg % VL == 0;
+    float *w = tap_major(weight, g.C, k * k, flip);
+    if (!w) return 2;
     int failed = 0;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
-        float *pad = malloc(sizeof(float) * ((size_t)(g.H + k - 1) * g.Wp + (size_t)g.Wp) * g.C);
+        float *pad = new_pad(&g, (size_t)g.Wp * g.C);
         float *row = pad ? pad + (size_t)(g.H + k - 1) * g.Wp * g.C : NULL; /* (Wp, C) */
         if (!pad) failed = 1;
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
             if (!pad) continue;
-            pad_image(&g, &xm, b, pad);
+            fill_pad(&g, &xm, b, pad);
             for (int h = 0; h < H; h++) {
-                if (k == 3) conv_row_3(&g, pad, w, h, row);
-                else if (k == 5) conv_row_5(&g, pad, w, h, row);
-                else conv_row_7(&g, pad, w, h, row);
-                for (int x = 0; x < W; x++) {
+                if (k == 3) conv_row_3(&g, pad, w, h, row, &om, &am, b);
+                else if (k == 5) conv_row_5(&g, pad, w, h, row, &om, &am, b);
+                else conv_row_7(&g, pad, w, h, row, &om, &am, b);
+                if (direct) continue;
+                for (int x = 0; x < W; x++) { /* scatter the row into the groups of o */
                     const long p = (long)(h * W + x);
                     for (int gi = 0; gi < G; gi++) {
                         float *dst = o + b * osb + p * osp + gi * osg;
@@ -164,41 +234,43 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *w, f
         }
         free(pad);
     }
+    free(w);
     return failed ? 3 : 0;
 }
 
-/* gw (k * k, C) = the weight gradient for input x and output gradient gmap. Returns 0 on success. */
+/* gw (C, k * k) = the weight gradient for input x and output gradient gmap. Returns 0 on success. */
 int life_dw_wgrad(const float *x, long xsb, long xsp, long xsg, const float *gmap, long gsb, long gsp, long gsg,
                   float *gw, int B, int H, int W, int G, int cg, int k, int threads) {
     if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
     const geom_t g = geometry(B, H, W, G, cg, k);
     const map_t xm = {x, xsb, xsp, xsg}, gm = {gmap, gsb, gsp, gsg};
-    const int nt = threads_for(threads, B);
-    const size_t n = (size_t)k * k * g.C;
-    float *part = calloc(n * nt, sizeof(float));
+    const int nt = threads_for(threads, B), kk = k * k;
+    const size_t n = (size_t)kk * g.C;
+    float *part = zeroed(n * nt); /* each thread's sums, (k * k, C) */
     if (!part) return 2;
     int failed = 0;
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
     for (int t = 0; t < nt; t++) {
-        float *pad = malloc(sizeof(float) * (size_t)(g.H + k - 1) * g.Wp * g.C);
+        float *pad = new_pad(&g, 0);
         if (!pad) {
             failed = 1;
             continue;
         }
         for (int b = (int)((long)B * t / nt); b < (int)((long)B * (t + 1) / nt); b++) {
-            pad_image(&g, &xm, b, pad);
+            fill_pad(&g, &xm, b, pad);
             if (k == 3) wgrad_3(&g, pad, &gm, b, part + n * t);
             else if (k == 5) wgrad_5(&g, pad, &gm, b, part + n * t);
             else wgrad_7(&g, pad, &gm, b, part + n * t);
         }
         free(pad);
     }
-    if (!failed)
-        for (size_t i = 0; i < n; i++) {
-            float s = 0;
-            for (int t = 0; t < nt; t++) s += part[n * t + i];
-            gw[i] = s;
-        }
+    if (!failed) /* the threads' sums in a fixed order, written (C, k * k) */
+        for (int c = 0; c < g.C; c++)
+            for (int tap = 0; tap < kk; tap++) {
+                float s = 0;
+                for (int t = 0; t < nt; t++) s += part[n * t + (size_t)tap * g.C + c];
+                gw[(size_t)c * kk + tap] = s;
+            }
     free(part);
     return failed ? 3 : 0;
 }
