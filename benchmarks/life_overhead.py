@@ -267,6 +267,52 @@ def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
     return res
 
 
+def compare_kernel_ops(args, row: str) -> Dict[str, float]:
+    """The depthwise operations alone at the row's LIFE shapes, native kernel against PyTorch's (oneDNN), calls
+    interleaved: forward convolution and weight gradient for every kernel size, reading the patch tokens in place from
+    (B, N, 3, D) buffers as LIFE does. Twelve buffers in turn keep the inputs out of cache, as in a model."""
+    from lifevit.layers import dwconv, life_layers
+
+    torch = _setup(args)
+    if not dwconv.native_status().startswith("native"):
+        raise SystemExit(f"--compare-kernels needs the native kernel: {dwconv.native_status()}")
+    img, batch = ROWS[row][2], ROWS[row][3] * args.batch_scale
+    layer = next(life_layers(_build(ROWS[row][1], img, args.num_classes)))
+    (H, W), P, widths = layer.grid_size, layer.num_prefix_tokens, layer.widths
+    bufs = [torch.randn(batch, P + H * W, 3, sum(widths)) for _ in range(12)]
+    grads = [torch.randn(batch, H * W, 3, max(widths)) for _ in range(12)]
+    native, res = dwconv._lib, {}
+    for _ in range(2):  # the first pass is not kept: a fresh process runs these ops up to 2x slower at first
+        for s, k in enumerate(layer.kernel_sizes):
+            w, lo, c = torch.randn(3 * widths[s], 1, k, k), sum(widths[:s]), widths[s]
+
+            def x_map(i, lo=lo, c=c):  # scale s's patch tokens in buffer i: (B, H*W, 3, c_s), in place
+                return bufs[i % 12][:, P:, :, lo : lo + c]
+
+            def g_map(i, c):  # an output gradient (B, H*W, 3, c_s)
+                return grads[i % 12][..., :c]
+
+            ops = {
+                f"conv{k}": lambda i, w=w: dwconv.depthwise_conv(x_map(i), w, H, W),
+                f"wgrad{k}": lambda i, w=w, c=c: dwconv.depthwise_weight_grad(x_map(i), g_map(i, c), w, H, W),
+            }
+            for name, op in ops.items():
+                times: Dict[str, List[float]] = {"native": [], "pytorch": []}
+                for i in range(12 + 40):  # a first round over the 12 buffers not kept
+                    for kernel, lib in (("native", native), ("pytorch", None))[:: 1 if i % 2 else -1]:
+                        dwconv._lib = lib
+                        t = time.perf_counter()
+                        op(i)
+                        if i >= 12:
+                            times[kernel].append(time.perf_counter() - t)
+                dwconv._lib = native
+                res.update({f"{name}_{kern}_ms": 1e3 * statistics.median(v) for kern, v in times.items()})
+    print(f"{row:12} depthwise ops alone (batch {batch}, {H}x{W} maps, medians of 40 interleaved calls), native / "
+          "PyTorch's: " + ", ".join(f"{n} {res[f'{n}_native_ms']:.2f} / {res[f'{n}_pytorch_ms']:.2f} ms"
+                                    for n in sorted({k.rsplit('_', 2)[0] for k in res})), flush=True)  # fmt: skip
+    return res
+
+
 def _spread(ratios: List[float]) -> Dict[str, float]:
     """Quartiles of per-round (process) or per-pair (resident) ratios: how far the machine's noise moves a ratio."""
     if len(ratios) < 2:
@@ -392,6 +438,8 @@ def main() -> None:
 
     if args.breakdown or args.compare_kernels:
         for row in args.rows:
+            if args.compare_kernels:
+                compare_kernel_ops(args, row)
             for mode in args.modes:
                 (breakdown if args.breakdown else compare_kernels)(args, row, mode)
         return None

@@ -79,6 +79,14 @@ def test_conv_matches_pytorch(k, B, H, W, G, cg, P, threads):
     res = depthwise_conv(dense, w, H, W, flip=True, add=add, out=into)
     assert res.data_ptr() == into.data_ptr() and res.shape == (B, H * W, G, cg)
     torch.testing.assert_close(buffer, expected, rtol=1e-5, atol=1e-5)  # written in place, nothing else touched
+    # the input copied into a map of another buffer on the way (what LIFE's forward does with each scale)
+    other = torch.randn(B, P + H * W, G, cg + 2)
+    kept = other.clone()
+    kept[:, P:, :, :cg] = x
+    res = depthwise_conv(dense, w, H, W, copy_to=other[:, P:, :, :cg])
+    assert res.shape == dense.shape
+    torch.testing.assert_close(res, reference_conv(x, w, H, W).reshape(dense.shape), rtol=1e-5, atol=1e-5)
+    assert torch.equal(other, kept)
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
@@ -144,6 +152,9 @@ def _check_fallback(H=4, W=4):
     depthwise_conv(x, w, H, W, flip=True, add=add, out=into)
     torch.testing.assert_close(into, add + reference_conv(x, w, H, W, flip=True))
     torch.testing.assert_close(depthwise_weight_grad(x, g, w, H, W), reference_wgrad(x, g, w, H, W))
+    copy = token_map(2, H, W, 3, 8, 1)
+    torch.testing.assert_close(depthwise_conv(x, w, H, W, copy_to=copy), reference_conv(x, w, H, W))
+    assert torch.equal(copy, x)
 
 
 def test_switched_off(fresh_kernel, monkeypatch):

@@ -11,10 +11,12 @@ On CPU, for float32 in eager mode where autograd is not recording (LIFE's autogr
 inference), both run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
 cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder: one build per
 source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a
-dense grid copied in and out, and its 5 x 5 weight gradient takes a fourth to a fifth of oneDNN's time at LIFE's
-shapes (8 x 8 maps of 192 channels, batch 64: 1.5 against 7.5 ms with the inputs out of cache). Everything else
-(GPU, bf16, ``torch.compile``, ``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same
-arithmetic as PyTorch ops; results agree to float32 rounding. ``native_status()`` says which one is in use.
+dense grid copied in and out, and its 5 x 5 weight gradient takes a fifth of oneDNN's time at LIFE's shapes (8 x 8
+maps of 192 channels, batch 64, inputs out of cache, 2 threads: 1.0 against 4.9-6.2 ms; the convolutions themselves
+are on a par, 0.5-0.9 ms, see ``docs/performance.md``). It is compiled for the CPU it runs on (vectors of 16, 8 or 4
+floats: AVX-512, AVX2 or SSE2). Everything else (GPU, bf16,
+``torch.compile``, ``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as
+PyTorch ops; results agree to float32 rounding. ``native_status()`` says which one is in use.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def _build() -> ctypes.CDLL:
         stride3 = [long_] * 3  # batch, pixel, group strides of a map
         lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [int_]
         lib.life_dw_conv.restype = lib.life_dw_wgrad.restype = ctypes.c_int
-        # x (map with its strides), weight, flip, out, add (maps), then B, H, W, G, cg, k, threads
-        lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, ptr, *stride3, ptr, *stride3, *[int_] * 7]
+        # x (map with its strides), weight, flip, out, add, copy (maps), then B, H, W, G, cg, k, threads
+        lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, *[ptr, *stride3] * 3, *[int_] * 7]
         # x, g (maps with their strides), gw, then B, H, W, G, cg, k, threads
         lib.life_dw_wgrad.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[int_] * 7]
         return lib
@@ -199,17 +201,22 @@ def depthwise_conv(
     flip: bool = False,
     add: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
+    copy_to: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``add + conv(x)``, with ``weight`` (C, 1, k, k) spatially flipped when ``flip`` (the input gradient of the
-    convolution); written into ``out`` if given, else into a new dense tensor, returned.
+    convolution); written into ``out`` if given, else into a new dense tensor, returned. With ``copy_to``, ``x`` is
+    also copied there (the native kernel does it while it reads ``x``: one pass over ``x`` instead of two).
 
-    Shapes: x, add, out (B, H*W, C) or (B, H*W, G, cg) (views with dense channels); the result has ``add``'s shape
-    (``out``'s, or else ``x``'s)."""
-    layout = next(t for t in (out, add, x) if t is not None)  # the result's: (B, H*W, C) or (B, H*W, G, cg)
-    k, G, shape = weight.shape[-1], layout.shape[2] if layout.ndim == 4 else 1, layout.shape
-    xm = _as_map(x, G)
-    lib = _lib_for(k, xm, add, out, weight)
+    Shapes: x, add, out, copy_to (B, H*W, C) or (B, H*W, G, cg) (views with dense channels; copy_to must not overlap
+    the others); the result has ``add``'s shape (``out``'s, or else ``x``'s)."""
+    shape = next(t for t in (out, add, x) if t is not None).shape  # the result's: (B, H*W, C) or (B, H*W, G, cg)
+    grouped = [t for t in (out, add, copy_to, x) if t is not None and t.ndim == 4]
+    k, G = weight.shape[-1], grouped[0].shape[2] if grouped else 1  # the maps' common groups
+    xm, cm = _as_map(x, G), None if copy_to is None else _as_map(copy_to, G)
+    lib = _lib_for(k, xm, add, out, cm, weight)
     if lib is None:
+        if cm is not None:
+            cm.copy_(xm)
         w = weight.flip(-1, -2) if flip else weight
         conv = F.conv2d(_grid(xm, H, W), w, None, padding=k // 2, groups=weight.shape[0])  # (B, C, H, W)
         conv = conv.permute(0, 2, 3, 1).reshape(shape)  # a view: channels-last
@@ -220,9 +227,9 @@ def depthwise_conv(
     om, am = _as_map(res, G), None if add is None else _as_map(add, G)
     B, _, G, cg = xm.shape
     w = weight.contiguous()  # (C, 1, k, k): the kernel reads the taps as they are (flips them itself)
-    a = _c_map(am) if am is not None else (None, 0, 0, 0)
+    a, c = (_c_map(m) if m is not None else (None, 0, 0, 0) for m in (am, cm))
     with torch.profiler.record_function("lifevit::depthwise_conv"):  # visible to torch.profiler as an operator
-        rc = lib.life_dw_conv(*_c_map(xm), w.data_ptr(), int(flip), *_c_map(om), *a, B, H, W, G, cg, k,
+        rc = lib.life_dw_conv(*_c_map(xm), w.data_ptr(), int(flip), *_c_map(om), *a, *c, B, H, W, G, cg, k,
                               torch.get_num_threads())  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise convolution failed (code {rc}); set LIFEVIT_NATIVE=0")

@@ -133,21 +133,23 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     B, N = y1.shape[:2]
     out = y1.new_empty(B, N, 3, sum(widths)) if out is None else out
     dt = out.dtype
-    out[..., : widths[0]] = y1.view(B, N, 3, widths[0])
     prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1): the first scale's input
     del y1
+    out[:, :P, :, : widths[0]] = prefix.view(B, P, 3, widths[0])
+    slot = out[:, P:, :, : widths[0]]  # (B, H*W, 3, c1): where the patch tokens of scale 1 go
     offset = widths[0]
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
         wp, bp = wp.to(dt), None if bp is None else bp.to(dt)
         if P:  # prefix tokens skip the depthwise conv
             prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c)
             out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
-        dw = depthwise_conv(patches, wd.to(dt), H, W)  # (B, H*W, 3*c_prev), dense
+        dw = depthwise_conv(patches, wd.to(dt), H, W, copy_to=slot)  # (B, H*W, 3*c_prev), dense; patches -> slot
         patches = None  # the previous scale is in ``out`` now: free it before the next allocation
         patches = F.linear(dw, wp, bp)  # (B, H*W, 3*c), dense
         dw = None  # likewise
-        out[:, P:, :, offset : offset + c] = patches.view(B, H * W, 3, c)
+        slot = out[:, P:, :, offset : offset + c]
         offset += c
+    slot.copy_(patches.view(B, H * W, 3, widths[-1]))  # the last scale (every other one was copied by its conv)
     return out
 
 

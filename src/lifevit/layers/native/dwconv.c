@@ -5,6 +5,7 @@
  * and can be read and written in place, without gathering them into a dense grid first.
  *
  *   life_dw_conv:  o[b, p, c] = add[b, p, c] + sum_t x[b, p + t, c] * w[c][t]   (add optional; t over the k x k taps)
+ *                  and optionally cp[b, p, c] = x[b, p, c] (a copy of the input made while reading it)
  *                  with flip set, w's taps are reversed: the input gradient of the convolution
  *   life_dw_wgrad: gw[c][t]   = sum_{b, p} g[b, p, c] * x[b, p + t, c]           (the weight gradient)
  *
@@ -62,20 +63,28 @@ static float *new_pad(const geom_t *g, size_t extra) {
     return zeroed((size_t)(g->H + g->k - 1) * g->Wp * g->C + extra);
 }
 
-/* image b of m into pad's interior; vector copies where groups are whole vectors */
-static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad) {
+/* image b of m into pad's interior, and into the map cp as well where cp->p is set (a copy made while the image
+   is read anyway); vector copies where groups are whole vectors */
+static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const map_t *cp) {
     const int r = g->k / 2, vec = g->cg % VL == 0;
     for (int h = 0; h < g->H; h++)
         for (int w = 0; w < g->W; w++) {
-            const float *src = m->p + b * m->sb + (long)(h * g->W + w) * m->sp;
+            const long p = (long)h * g->W + w;
+            const float *src = m->p + b * m->sb + p * m->sp;
             float *dst = pad + ((size_t)(h + r) * g->Wp + w + r) * g->C;
             for (int gi = 0; gi < g->G; gi++) {
                 const float *s = src + gi * m->sg;
-                float *d = dst + gi * g->cg;
+                float *d = dst + gi * g->cg, *c = cp->p ? (float *)cp->p + b * cp->sb + p * cp->sp + gi * cp->sg : NULL;
                 if (vec)
-                    for (int c = 0; c < g->cg; c += VL) *(vf *)(d + c) = *(const vf *)(s + c);
-                else
+                    for (int i = 0; i < g->cg; i += VL) {
+                        const vf v = *(const vf *)(s + i);
+                        *(vf *)(d + i) = v;
+                        if (c) *(vf *)(c + i) = v;
+                    }
+                else {
                     memcpy(d, s, sizeof(float) * g->cg);
+                    if (c) memcpy(c, s, sizeof(float) * g->cg);
+                }
             }
         }
 }
@@ -191,14 +200,14 @@ static float *tap_major(const float *weight, int C, int kk, int flip) {
 }
 
 /* o = add + conv(x, weight); weight (C, k * k) contiguous (PyTorch's (C, 1, k, k)), spatially flipped when flip;
-   add may be NULL. Returns 0 on success. OpenMP: linked against the libgomp PyTorch has loaded, this runs on
+   add may be NULL; x is also copied into the map cp unless cp is NULL. Returns 0 on success. OpenMP: linked against the libgomp PyTorch has loaded, this runs on
    PyTorch's own worker threads (a second pool would compete with them for the cores). */
 int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weight, int flip, float *o, long osb,
-                 long osp, long osg, const float *add, long asb, long asp, long asg, int B, int H, int W, int G, int cg,
-                 int k, int threads) {
+                 long osp, long osg, const float *add, long asb, long asp, long asg, float *cp, long csb, long csp,
+                 long csg, int B, int H, int W, int G, int cg, int k, int threads) {
     if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
     const geom_t g = geometry(B, H, W, G, cg, k);
-    const map_t xm = {x, xsb, xsp, xsg}, om = {o, osb, osp, osg}, am = {add, asb, asp, asg};
+    const map_t xm = {x, xsb, xsp, xsg}, om = {o, osb, osp, osg}, am = {add, asb, asp, asg}, cm = {cp, csb, csp, csg};
     const int nt = threads_for(threads, B), direct = cg % VL == 0;
     float *w = tap_major(weight, g.C, k * k, flip);
     if (!w) return 2;
@@ -211,7 +220,7 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weig
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
             if (!pad) continue;
-            fill_pad(&g, &xm, b, pad);
+            fill_pad(&g, &xm, b, pad, &cm);
             for (int h = 0; h < H; h++) {
                 if (k == 3) conv_row_3(&g, pad, w, h, row, &om, &am, b);
                 else if (k == 5) conv_row_5(&g, pad, w, h, row, &om, &am, b);
@@ -243,7 +252,7 @@ int life_dw_wgrad(const float *x, long xsb, long xsp, long xsg, const float *gma
                   float *gw, int B, int H, int W, int G, int cg, int k, int threads) {
     if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
     const geom_t g = geometry(B, H, W, G, cg, k);
-    const map_t xm = {x, xsb, xsp, xsg}, gm = {gmap, gsb, gsp, gsg};
+    const map_t xm = {x, xsb, xsp, xsg}, gm = {gmap, gsb, gsp, gsg}, none = {NULL, 0, 0, 0};
     const int nt = threads_for(threads, B), kk = k * k;
     const size_t n = (size_t)kk * g.C;
     float *part = zeroed(n * nt); /* each thread's sums, (k * k, C) */
@@ -257,7 +266,7 @@ int life_dw_wgrad(const float *x, long xsb, long xsp, long xsg, const float *gma
             continue;
         }
         for (int b = (int)((long)B * t / nt); b < (int)((long)B * (t + 1) / nt); b++) {
-            fill_pad(&g, &xm, b, pad);
+            fill_pad(&g, &xm, b, pad, &none);
             if (k == 3) wgrad_3(&g, pad, &gm, b, part + n * t);
             else if (k == 5) wgrad_5(&g, pad, &gm, b, part + n * t);
             else wgrad_7(&g, pad, &gm, b, part + n * t);
