@@ -135,7 +135,8 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     dt = out.dtype
     prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1): the first scale's input
     del y1
-    out[:, :P, :, : widths[0]] = prefix.view(B, P, 3, widths[0])
+    if P:
+        out[:, :P, :, : widths[0]] = prefix.view(B, P, 3, widths[0])
     slot = out[:, P:, :, : widths[0]]  # (B, H*W, 3, c1): where the patch tokens of scale 1 go
     offset = widths[0]
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
