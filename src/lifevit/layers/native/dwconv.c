@@ -39,12 +39,14 @@ typedef struct {
 } map_t;
 
 typedef struct {
-    int B, H, W, G, cg, C, k, Wp; /* Wp: padded row width, rounded so that rows are whole register blocks */
+    int B, H, W, G, cg, C, k, Wp, Cp; /* Wp: padded row width, rounded so that rows are whole register blocks; Cp:
+                                         a pixel's channels in the padded buffers, rounded up to whole vectors */
 } geom_t;
 
 static geom_t geometry(int B, int H, int W, int G, int cg, int k) {
-    geom_t g = {B, H, W, G, cg, G * cg, k, 0};
+    geom_t g = {B, H, W, G, cg, G * cg, k, 0, 0};
     g.Wp = (W + UW - 1) / UW * UW + k - 1;
+    g.Cp = (g.C + VL - 1) / VL * VL;
     return g;
 }
 
@@ -57,10 +59,10 @@ static float *zeroed(size_t n) {
     return p;
 }
 
-/* A thread's padded image: (H + k - 1, Wp, C) dense. Its border (k / 2 rows above and below, k / 2 columns left and
+/* A thread's padded image: (H + k - 1, Wp, Cp) dense. Its border (k / 2 rows above and below, k / 2 columns left and
    the rest right) is zeroed once when the buffer is made and never written; each image rewrites the interior only. */
 static float *new_pad(const geom_t *g, size_t extra) {
-    return zeroed((size_t)(g->H + g->k - 1) * g->Wp * g->C + extra);
+    return zeroed((size_t)(g->H + g->k - 1) * g->Wp * g->Cp + extra);
 }
 
 /* image b of m into pad's interior, and into the map cp as well where cp->p is set (a copy made while the image
@@ -71,7 +73,7 @@ static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const m
         for (int w = 0; w < g->W; w++) {
             const long p = (long)h * g->W + w;
             const float *src = m->p + b * m->sb + p * m->sp;
-            float *dst = pad + ((size_t)(h + r) * g->Wp + w + r) * g->C;
+            float *dst = pad + ((size_t)(h + r) * g->Wp + w + r) * g->Cp;
             for (int gi = 0; gi < g->G; gi++) {
                 const float *s = src + gi * m->sg;
                 float *d = dst + gi * g->cg, *c = cp->p ? (float *)cp->p + b * cp->sb + p * cp->sp + gi * cp->sg : NULL;
@@ -89,15 +91,14 @@ static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const m
         }
 }
 
-/* output row h of image b. Where every group is whole vectors (cg % 16 == 0) the register blocks go straight to
-   the output map o (plus the add map a, if any); otherwise into row (Wp, C) dense, which the caller scatters. K is
+/* output row h of image b. Where every group is whole vectors (cg a multiple of VL) the register blocks go straight
+   to the output map o (plus the add map a, if any); otherwise into row (Wp, Cp) dense, which the caller scatters. K is
    known at compile time. */
 #define DEFINE_CONV(K)                                                                                             \
     static void conv_row_##K(const geom_t *g, const float *pad, const float *w, int h, float *row, const map_t *o,  \
                              const map_t *a, int b) {                                                              \
-        const int C = g->C, direct = g->cg % VL == 0;                                                              \
-        int c0 = 0;                                                                                                \
-        for (; c0 + VL <= C; c0 += VL) {                                                                           \
+        const int C = g->Cp, direct = g->cg % VL == 0; /* every vector of the padded channels, all aligned */    \
+        for (int c0 = 0; c0 < C; c0 += VL) {                                                                       \
             const long goff_o = (long)(c0 / g->cg) * o->sg + c0 % g->cg;                                           \
             const long goff_a = a->p ? (long)(c0 / g->cg) * a->sg + c0 % g->cg : 0;                                \
             for (int w0 = 0; w0 < g->W; w0 += UW) {                                                                \
@@ -131,21 +132,13 @@ static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const m
                 }                                                                                                  \
             }                                                                                                      \
         }                                                                                                          \
-        for (; c0 < C; c0++) /* channels after the last full vector (never with direct stores) */                  \
-            for (int x = 0; x < g->W; x++) {                                                                       \
-                float acc = 0;                                                                                     \
-                for (int i = 0; i < K; i++)                                                                        \
-                    for (int j = 0; j < K; j++)                                                                    \
-                        acc += pad[((size_t)(h + i) * g->Wp + x + j) * C + c0] * w[(size_t)(i * K + j) * C + c0];  \
-                row[(size_t)x * C + c0] = acc;                                                                     \
-            }                                                                                                      \
     }
 
 /* image b's contribution to gw (k * k, C), from the padded input and the output gradient map gm; vectors of channels
    within each group (gm's groups need not be adjacent), the channels after a group's last vector one by one */
 #define DEFINE_WGRAD(K)                                                                                            \
     static void wgrad_##K(const geom_t *g, const float *pad, const map_t *gm, int b, float *gw) {                \
-        const int C = g->C;                                                                                        \
+        const int C = g->C, Cp = g->Cp; /* gw's channels, the padded image's */                                     \
         for (int gi = 0; gi < g->G; gi++) {                                                                        \
             const float *grad = gm->p + b * gm->sb + gi * gm->sg;                                                  \
             int cc = 0;                                                                                            \
@@ -157,8 +150,8 @@ static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const m
                     for (int h = 0; h < g->H; h++)                                                                 \
                         for (int x = 0; x < g->W; x++) {                                                           \
                             const vf gv = *(const vf *)(grad + (long)(h * g->W + x) * gm->sp + cc);                \
-                            const float *p = pad + ((size_t)(h + i) * g->Wp + x) * C + c0;                         \
-                            for (int j = 0; j < K; j++) acc[j] += gv * *(const vf *)(p + (size_t)j * C);           \
+                            const float *p = pad + ((size_t)(h + i) * g->Wp + x) * Cp + c0;                        \
+                            for (int j = 0; j < K; j++) acc[j] += gv * *(const vf *)(p + (size_t)j * Cp);          \
                         }                                                                                          \
                     for (int j = 0; j < K; j++) *(vf *)(gw + (size_t)(i * K + j) * C + c0) = acc[j];               \
                 }                                                                                                  \
@@ -170,7 +163,8 @@ static void fill_pad(const geom_t *g, const map_t *m, int b, float *pad, const m
                         const float gv = grad[(long)(h * g->W + x) * gm->sp + cc];                                 \
                         for (int i = 0; i < K; i++)                                                                \
                             for (int j = 0; j < K; j++)                                                            \
-                                gw[(size_t)(i * K + j) * C + c0] += gv * pad[((size_t)(h + i) * g->Wp + x + j) * C + c0]; \
+                                gw[(size_t)(i * K + j) * C + c0] +=                                                \
+                                    gv * pad[((size_t)(h + i) * g->Wp + x + j) * Cp + c0];                         \
                     }                                                                                              \
             }                                                                                                      \
         }                                                                                                          \
@@ -190,18 +184,20 @@ static int threads_for(int threads, int B) {
     return nt > B ? B : nt;
 }
 
-/* the taps of weight (C, k * k) as the kernels read them: (k * k, C), reversed (the flipped kernel) when flip */
-static float *tap_major(const float *weight, int C, int kk, int flip) {
-    float *w = zeroed((size_t)kk * C);
+/* the taps of weight (C, k * k) as the kernels read them: (k * k, Cp), the channels after C zero, reversed (the
+   flipped kernel) when flip */
+static float *tap_major(const float *weight, int C, int Cp, int kk, int flip) {
+    float *w = zeroed((size_t)kk * Cp);
     if (w)
         for (int c = 0; c < C; c++)
-            for (int t = 0; t < kk; t++) w[(size_t)(flip ? kk - 1 - t : t) * C + c] = weight[(size_t)c * kk + t];
+            for (int t = 0; t < kk; t++) w[(size_t)(flip ? kk - 1 - t : t) * Cp + c] = weight[(size_t)c * kk + t];
     return w;
 }
 
 /* o = add + conv(x, weight); weight (C, k * k) contiguous (PyTorch's (C, 1, k, k)), spatially flipped when flip;
-   add may be NULL; x is also copied into the map cp unless cp is NULL. Returns 0 on success. OpenMP: linked against the libgomp PyTorch has loaded, this runs on
-   PyTorch's own worker threads (a second pool would compete with them for the cores). */
+   add may be NULL; x is also copied into the map cp unless cp is NULL. Returns 0 on success. OpenMP: linked against
+   the libgomp PyTorch has loaded, this runs on PyTorch's own worker threads (a second pool would compete with them
+   for the cores). */
 int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weight, int flip, float *o, long osb,
                  long osp, long osg, const float *add, long asb, long asp, long asg, float *cp, long csb, long csp,
                  long csg, int B, int H, int W, int G, int cg, int k, int threads) {
@@ -209,13 +205,13 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weig
     const geom_t g = geometry(B, H, W, G, cg, k);
     const map_t xm = {x, xsb, xsp, xsg}, om = {o, osb, osp, osg}, am = {add, asb, asp, asg}, cm = {cp, csb, csp, csg};
     const int nt = threads_for(threads, B), direct = cg % VL == 0;
-    float *w = tap_major(weight, g.C, k * k, flip);
+    float *w = tap_major(weight, g.C, g.Cp, k * k, flip);
     if (!w) return 2;
     int failed = 0;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
-        float *pad = new_pad(&g, (size_t)g.Wp * g.C);
-        float *row = pad ? pad + (size_t)(g.H + k - 1) * g.Wp * g.C : NULL; /* (Wp, C) */
+        float *pad = new_pad(&g, (size_t)g.Wp * g.Cp);
+        float *row = pad ? pad + (size_t)(g.H + k - 1) * g.Wp * g.Cp : NULL; /* (Wp, Cp) */
         if (!pad) failed = 1;
 #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
@@ -230,7 +226,7 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weig
                     const long p = (long)(h * W + x);
                     for (int gi = 0; gi < G; gi++) {
                         float *dst = o + b * osb + p * osp + gi * osg;
-                        const float *src = row + (size_t)x * g.C + gi * cg;
+                        const float *src = row + (size_t)x * g.Cp + gi * cg;
                         if (add) {
                             const float *a = add + b * asb + p * asp + gi * asg;
                             for (int c = 0; c < cg; c++) dst[c] = a[c] + src[c];
