@@ -11,12 +11,12 @@ On CPU, for float32 in eager mode where autograd is not recording (LIFE's autogr
 inference), both run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
 cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder: one build per
 source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a
-dense grid copied in and out, and its 5 x 5 weight gradient takes a fifth of oneDNN's time at LIFE's shapes (8 x 8
-maps of 192 channels, batch 64, inputs out of cache, 2 threads: 1.0 against 4.9-6.2 ms; the convolutions themselves
-are on a par, 0.5-0.9 ms, see ``docs/performance.md``). It is compiled for the CPU it runs on (vectors of 16, 8 or 4
-floats: AVX-512, AVX2 or SSE2). Everything else (GPU, bf16,
-``torch.compile``, ``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as
-PyTorch ops; results agree to float32 rounding. ``native_status()`` says which one is in use.
+dense grid copied in and out; its 5 x 5 weight gradient takes a fifth of oneDNN's time at LIFE's shapes and its
+convolutions a little less than oneDNN's (8 x 8 maps of 192 channels, batch 64, inputs out of cache, 2 threads:
+0.75 against 3.55 ms, 0.42-0.53 against 0.46-0.63 ms; ``docs/performance.md``). It is compiled for the CPU it runs
+on (vectors of 16, 8 or 4 floats: AVX-512, AVX2 or SSE2). Everything else (GPU, bf16, ``torch.compile``,
+``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as PyTorch ops;
+results agree to float32 rounding. ``native_status()`` says which one is in use.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ memory is close to the plain projection's. Its depthwise weight gradients are re
 DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the same buffer code is
 traced with ordinary autograd (the compiler plans recomputation itself). The depthwise convolutions, their input
 and weight gradients read the patch tokens in place as channels-last maps (``dwconv.py``: on CPU a small native
-kernel, elsewhere PyTorch's convolutions).
+kernel, elsewhere PyTorch's convolutions); the convolution that reads a scale also copies it into the output.
 """
 
 from __future__ import annotations
