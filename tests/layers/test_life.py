@@ -194,11 +194,13 @@ def test_bad_inputs_raise_clear_errors():
 
 # ---------------------------------------------------------------------------------------- training path and options
 @pytest.mark.parametrize("prefix,grid", [(0, (4, 4)), (1, (3, 5)), (2, (2, 3))])
-def test_training_gradients_match_the_reference(prefix, grid):
-    """The autograd function (depthwise recomputed in backward) gives the reference's gradients."""
+@pytest.mark.parametrize("dim,bias", [(30, False), (48, True)], ids=["groups-of-10", "groups-of-16-biased"])
+def test_training_gradients_match_the_reference(prefix, grid, dim, bias):
+    """The autograd function (depthwise recomputed in backward) gives the reference's gradients (groups of 16
+    channels: the native kernel's direct stores; pointwise biases)."""
     H, W = grid
-    m = LIFE(30, num_prefix_tokens=prefix, pointwise_init="kaiming_uniform")
-    x = torch.randn(2, prefix + H * W, 30, requires_grad=True)
+    m = LIFE(dim, num_prefix_tokens=prefix, pointwise_init="kaiming_uniform", pointwise_bias=bias)
+    x = torch.randn(2, prefix + H * W, dim, requires_grad=True)
     out = m(x, grid_size=grid)
     g = torch.randn_like(out)
     ours = torch.autograd.grad(out, [x, *m.parameters()], g)

@@ -133,24 +133,25 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     B, N = y1.shape[:2]
     out = y1.new_empty(B, N, 3, sum(widths)) if out is None else out
     dt = out.dtype
-    prefix, patches = y1[:, :P], y1[:, P:]  # (B, P, 3*c1), (B, H*W, 3*c1): the first scale's input
+    cs = widths[0]
+    y = y1  # the current scale s for every token, (B, N, 3*c_s) dense: it goes to out[..., offset : offset + c_s]
     del y1
-    if P:
-        out[:, :P, :, : widths[0]] = prefix.view(B, P, 3, widths[0])
-    slot = out[:, P:, :, : widths[0]]  # (B, H*W, 3, c1): where the patch tokens of scale 1 go
-    offset = widths[0]
+    offset = 0
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
-        wp, bp = wp.to(dt), None if bp is None else bp.to(dt)
-        if P:  # prefix tokens skip the depthwise conv
-            prefix = F.linear(prefix, wp, bp)  # (B, P, 3*c)
-            out[:, :P, :, offset : offset + c] = prefix.view(B, P, 3, c)
-        dw = depthwise_conv(patches, wd.to(dt), H, W, copy_to=slot)  # (B, H*W, 3*c_prev), dense; patches -> slot
-        patches = None  # the previous scale is in ``out`` now: free it before the next allocation
-        patches = F.linear(dw, wp, bp)  # (B, H*W, 3*c), dense
-        dw = None  # likewise
-        slot = out[:, P:, :, offset : offset + c]
-        offset += c
-    slot.copy_(patches.view(B, H * W, 3, widths[-1]))  # the last scale (every other one was copied by its conv)
+        slot = out[:, :, :, offset : offset + cs]  # (B, N, 3, c_s): scale s's place in the output
+        if P:
+            slot[:, :P] = y[:, :P].view(B, P, 3, cs)
+        # the next scale's input: prefix tokens as they are (they skip the depthwise conv), patch tokens convolved
+        # (the conv also copies them into their slot on the way)
+        x = y.new_empty(B, N, 3 * cs)
+        if P:
+            x[:, :P] = y[:, :P]
+        depthwise_conv(y[:, P:], wd.to(dt), H, W, out=x[:, P:], copy_to=slot[:, P:])
+        y = None  # scale s is in ``out`` now: free it before the next allocation
+        y = F.linear(x, wp.to(dt), None if bp is None else bp.to(dt))  # (B, N, 3*c): one projection for all tokens
+        x = None  # likewise
+        offset, cs = offset + cs, c
+    out[:, :, :, offset:] = y.view(B, N, 3, cs)  # the last scale (every other one was copied on the way)
     return out
 
 
@@ -187,25 +188,28 @@ class _Scales(torch.autograd.Function):
 
         g_dw, g_pw, g_pb = [None] * S1, [None] * S1, [None] * S1
         g_y1 = g.new_empty(B, N, 3 * widths[0])  # the result: (B, N, 3*c1), written in place below (no cat)
-        g_prefix, g_patches = part(g, S1, 0, P), part(g, S1, P, N)  # gradient reaching scale s (starting at S)
+        gy = part(g, S1, 0, N)  # (B, N, 3*c_S): the gradient reaching scale s (starting at S), every token
         for s in range(S1, 0, -1):
             wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
             c = widths[s - 1]
-            x_prefix, x_map = part(out, s - 1, 0, P), slot(out, s - 1, P, N)  # scale s-1: this scale's input
-            dw = depthwise_conv(x_map, wd, H, W).view(B, N - P, 3 * c)  # (B, H*W, 3*c), recomputed
-            g_wp = g_patches.flatten(0, 1).t() @ dw.flatten(0, 1)  # (3*c_s, 3*c_{s-1})
-            dw = None
-            g_pw[s - 1] = (g_wp + g_prefix.flatten(0, 1).t() @ x_prefix.flatten(0, 1)).to(pws[s - 1].dtype)
+            x_map = slot(out, s - 1, P, N)  # scale s-1's patch tokens: this scale's depthwise input
+            # the pointwise projection's input, recomputed: prefix tokens as they are, patch tokens convolved
+            x = out.new_empty(B, N, 3 * c)
+            x[:, :P].view(B, P, 3, c).copy_(slot(out, s - 1, 0, P))
+            depthwise_conv(x_map, wd, H, W, out=x[:, P:])
+            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
+            x = None
             if has_bias[s - 1]:
-                g_pb[s - 1] = (g_patches.sum((0, 1)) + g_prefix.sum((0, 1))).to(pws[s - 1].dtype)
-            g_conv = (g_patches @ wp).view(B, N - P, 3, c)  # gradient at the depthwise conv's output
+                g_pb[s - 1] = gy.sum((0, 1)).to(pws[s - 1].dtype)
+            gx = gy @ wp  # (B, N, 3*c_{s-1}): the gradient at the projection's input
+            g_conv = gx[:, P:].view(B, N - P, 3, c)  # its patch tokens: the gradient at the depthwise conv's output
             g_dw[s - 1] = depthwise_weight_grad(x_map, g_conv, wd, H, W).to(dws[s - 1].dtype)  # contiguous (DDP)
-            # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s; read from g's
-            # slots in place, the last one (scale 1) written straight into g_y1
-            into = (g_y1[:, :P].view(B, P, 3, c), g_y1[:, P:].view(B, N - P, 3, c)) if s == 1 else (None, None)
-            g_prefix = torch.add(slot(g, s - 1, 0, P), (g_prefix @ wp).view(B, P, 3, c), out=into[0])
-            g_patches = depthwise_conv(g_conv, wd, H, W, flip=True, add=slot(g, s - 1, P, N), out=into[1])
-            g_prefix, g_patches = g_prefix.reshape(B, P, 3 * c), g_patches.reshape(B, N - P, 3 * c)
+            # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s (prefix tokens
+            # directly, patch tokens through the conv), read from g's slots in place; scale 1's straight into g_y1
+            into = g_y1.view(B, N, 3, c) if s == 1 else g.new_empty(B, N, 3, c)
+            torch.add(slot(g, s - 1, 0, P), gx[:, :P].view(B, P, 3, c), out=into[:, :P])
+            depthwise_conv(g_conv, wd, H, W, flip=True, add=slot(g, s - 1, P, N), out=into[:, P:])
+            gy, gx, g_conv = into.view(B, N, 3 * c), None, None
         return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
 
 
