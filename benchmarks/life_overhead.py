@@ -29,6 +29,7 @@ MACs: ``lifevit.profile.count_macs`` of one image.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -241,19 +242,7 @@ def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
     steps, plain, life, iters = _resident(args, row, mode)
     if not dwconv.native_status().startswith("native"):
         raise SystemExit(f"--compare-kernels needs the native kernel: {dwconv.native_status()}")
-    native = dwconv._lib
-
-    def with_kernel(lib):
-        def step():
-            dwconv._lib = lib
-            try:
-                steps[life]()
-            finally:
-                dwconv._lib = native
-
-        return step
-
-    variants = {"plain": steps[plain], "native": with_kernel(native), "pytorch": with_kernel(None)}
+    variants = {"plain": steps[plain], **_kernel_variants(dwconv, lambda i: steps[life]())}
     times = _interleaved(args, variants, iters)
     res: Dict[str, float] = {"plain_ms": 1e3 * statistics.median(times["plain"])}
     for k in ("native", "pytorch"):
@@ -265,6 +254,25 @@ def compare_kernels(args, row: str, mode: str) -> Dict[str, float]:
           f"({res['pytorch_ratio_q1']:.3f}-{res['pytorch_ratio_q3']:.3f}) (medians of {res['native_ratio_n']} per-step "
           "ratios, quartiles)", flush=True)  # fmt: skip
     return res
+
+
+def _kernel_variants(dwconv, op: Callable[[int], None]) -> Dict[str, Callable[[], None]]:
+    """``op`` on the next of its inputs (a call counter), with LIFE's native depthwise kernel and with PyTorch's."""
+    native = dwconv._lib
+
+    def with_kernel(lib):
+        calls = itertools.count()
+
+        def run():
+            dwconv._lib = lib
+            try:
+                op(next(calls))
+            finally:
+                dwconv._lib = native
+
+        return run
+
+    return {"native": with_kernel(native), "pytorch": with_kernel(None)}
 
 
 def compare_kernel_ops(args, row: str) -> Dict[str, float]:
@@ -281,7 +289,7 @@ def compare_kernel_ops(args, row: str) -> Dict[str, float]:
     (H, W), P, widths = layer.grid_size, layer.num_prefix_tokens, layer.widths
     bufs = [torch.randn(batch, P + H * W, 3, sum(widths)) for _ in range(12)]
     grads = [torch.randn(batch, H * W, 3, max(widths)) for _ in range(12)]
-    native, res = dwconv._lib, {}
+    res: Dict[str, float] = {}
     for _ in range(2):  # the first pass is not kept: a fresh process runs these ops up to 2x slower at first
         for s, k in enumerate(layer.kernel_sizes):
             w, lo, c = torch.randn(3 * widths[s], 1, k, k), sum(widths[:s]), widths[s]
@@ -297,15 +305,8 @@ def compare_kernel_ops(args, row: str) -> Dict[str, float]:
                 f"wgrad{k}": lambda i, w=w, c=c: dwconv.depthwise_weight_grad(x_map(i), g_map(i, c), w, H, W),
             }
             for name, op in ops.items():
-                times: Dict[str, List[float]] = {"native": [], "pytorch": []}
-                for i in range(12 + 40):  # a first round over the 12 buffers not kept
-                    for kernel, lib in (("native", native), ("pytorch", None))[:: 1 if i % 2 else -1]:
-                        dwconv._lib = lib
-                        t = time.perf_counter()
-                        op(i)
-                        if i >= 12:
-                            times[kernel].append(time.perf_counter() - t)
-                dwconv._lib = native
+                # a first round over the 12 buffers not kept, then 40 calls of each, interleaved
+                times = _interleaved(argparse.Namespace(warmup=12, rounds=1), _kernel_variants(dwconv, op), 40)
                 res.update({f"{name}_{kern}_ms": 1e3 * statistics.median(v) for kern, v in times.items()})
     print(f"{row:12} depthwise ops alone (batch {batch}, {H}x{W} maps, medians of 40 interleaved calls), native / "
           "PyTorch's: " + ", ".join(f"{n} {res[f'{n}_native_ms']:.2f} / {res[f'{n}_pytorch_ms']:.2f} ms"

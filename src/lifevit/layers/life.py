@@ -123,6 +123,18 @@ class Pointwise(nn.Module):
 # Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). One plain function for the forward pass
 # (no-grad, compiled, exported and inside the autograd function) and the autograd function's backward below. The
 # depthwise convolutions read and write the patch tokens as (B, H*W, G, c) maps in place (``dwconv``).
+def _projection_input(prefix, patches, wd, H, W, copy_to=None) -> torch.Tensor:
+    """A pointwise projection's input for every token, (B, P + H*W, C) dense: the prefix tokens (``prefix``:
+    (B, P, C) or (B, P, 3, c)) as they are, since they skip the depthwise conv, and the patch tokens (``patches``: a
+    (B, H*W, ...) map) through it (``wd``: (C, 1, k, k)); ``copy_to`` as in ``depthwise_conv``."""
+    B, P = prefix.shape[:2]
+    x = patches.new_empty(B, P + H * W, wd.shape[0])
+    if P:
+        x[:, :P].view(prefix.shape).copy_(prefix)
+    depthwise_conv(patches, wd, H, W, out=x[:, P:], copy_to=copy_to)
+    return x
+
+
 def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.Tensor:
     """Write scale 1 (``y1``: (B, N, 3*c1)) and scales 2..S (depthwise ``dws``, pointwise ``pws`` / ``pbs``) into
     ``out`` (B, N, 3, D; allocated in ``y1``'s dtype when ``None``), each scale at its channel offset of q, k and v;
@@ -141,12 +153,8 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
         slot = out[:, :, :, offset : offset + cs]  # (B, N, 3, c_s): scale s's place in the output
         if P:
             slot[:, :P] = y[:, :P].view(B, P, 3, cs)
-        # the next scale's input: prefix tokens as they are (they skip the depthwise conv), patch tokens convolved
-        # (the conv also copies them into their slot on the way)
-        x = y.new_empty(B, N, 3 * cs)
-        if P:
-            x[:, :P] = y[:, :P]
-        depthwise_conv(y[:, P:], wd.to(dt), H, W, out=x[:, P:], copy_to=slot[:, P:])
+        # the next scale's input (the conv also copies the patch tokens into their slot on the way)
+        x = _projection_input(y[:, :P], y[:, P:], wd.to(dt), H, W, copy_to=slot[:, P:])
         y = None  # scale s is in ``out`` now: free it before the next allocation
         y = F.linear(x, wp.to(dt), None if bp is None else bp.to(dt))  # (B, N, 3*c): one projection for all tokens
         x = None  # likewise
@@ -193,10 +201,7 @@ class _Scales(torch.autograd.Function):
             wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
             c = widths[s - 1]
             x_map = slot(out, s - 1, P, N)  # scale s-1's patch tokens: this scale's depthwise input
-            # the pointwise projection's input, recomputed: prefix tokens as they are, patch tokens convolved
-            x = out.new_empty(B, N, 3 * c)
-            x[:, :P].view(B, P, 3, c).copy_(slot(out, s - 1, 0, P))
-            depthwise_conv(x_map, wd, H, W, out=x[:, P:])
+            x = _projection_input(slot(out, s - 1, 0, P), x_map, wd, H, W)  # the projection's input, recomputed
             g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
             x = None
             if has_bias[s - 1]:

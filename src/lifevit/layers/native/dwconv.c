@@ -50,8 +50,8 @@ static geom_t geometry(int B, int H, int W, int G, int cg, int k) {
     return g;
 }
 
-/* n floats, zeroed, on a 64-byte boundary: with C a multiple of the vector width every vector load from the
-   buffers below stays within one cache line (a misaligned one costs two); NULL if out of memory */
+/* n floats, zeroed, on a 64-byte boundary: with pixel strides of whole vectors (Cp) every vector load at a vector
+   offset from the buffers below stays within one cache line (a misaligned one costs two); NULL if out of memory */
 static float *zeroed(size_t n) {
     void *p = NULL;
     if (posix_memalign(&p, 64, sizeof(float) * (n ? n : 1)) != 0) return NULL;
