@@ -133,6 +133,37 @@ def test_same_result_every_call():
     assert all(torch.equal(first, depthwise_weight_grad(x, g, w, 8, 8)) for _ in range(3))
 
 
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_profiler_lists_the_native_operations():
+    """Under torch.profiler the native calls appear as operators (the benchmark's breakdown counts them); without a
+    profiler they skip the profiler's range."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, g, w = token_map(2, 4, 4, 3, 16, 1), token_map(2, 4, 4, 3, 16), torch.randn(48, 1, 3, 3)
+    assert native_status().startswith("native")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        depthwise_conv(x, w, 4, 4)
+        depthwise_weight_grad(x, g, w, 4, 4)
+    keys = {e.key for e in prof.key_averages()}
+    assert {"lifevit::depthwise_conv", "lifevit::depthwise_weight_grad"} <= keys
+    assert not torch.autograd._profiler_enabled()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_compiler_operators_pass_opcheck(flip):
+    """The operators compiled code calls (``lifevit::dwconv``, ``lifevit::dwconv_wgrad``): schema, fake tensors and
+    the autograd formula, checked by PyTorch's own operator tests; values and gradients against PyTorch's conv."""
+    x, w, gy = token_map(2, 4, 4, 3, 16, 1), torch.randn(48, 1, 3, 3), torch.randn(2, 16, 3, 16)
+    torch.library.opcheck(dwconv._conv_op, (x.requires_grad_(), w.requires_grad_(), 4, 4, flip))
+    torch.library.opcheck(dwconv._wgrad_op, (x.detach(), gy, w.detach(), 4, 4))
+    y = dwconv._conv_op(x, w, 4, 4, flip)
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    yr = reference_conv(xr, wr, 4, 4, flip=flip)
+    torch.testing.assert_close(y, yr)
+    for ours, ref in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(yr, (xr, wr), gy)):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", ["kernel 9", "float64", "bf16"])
 def test_other_inputs_use_pytorch(case):
     k, dtype = (9 if case == "kernel 9" else 3), {"float64": torch.float64, "bf16": torch.bfloat16}.get(case)

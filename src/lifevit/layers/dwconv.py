@@ -21,6 +21,7 @@ results agree to float32 rounding. ``native_status()`` says which one is in use.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -154,32 +155,38 @@ def _as_map(t: torch.Tensor, G: int) -> torch.Tensor:
     return t if t.ndim == 4 else t.unflatten(-1, (G, -1))
 
 
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain_cpu_float(m: torch.Tensor) -> bool:
     """A plain strided float32 CPU tensor with dense channels (no subclass, no functorch wrapper)."""
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)(m)
     return (
-        type(m) in (torch.Tensor, torch.nn.Parameter)
-        and not wrapped
-        and m.device.type == "cpu"
+        type(m) in _PLAIN_TYPES
         and m.dtype == torch.float32
+        and m.device.type == "cpu"
         and m.layout == torch.strided
         and m.stride(-1) == 1
         and m.numel() > 0  # an empty batch: PyTorch's kernels return the empty result
+        and not _is_functorch_wrapped(m)
     )
 
 
 def _lib_for(k: int, *maps: Optional[torch.Tensor]) -> Optional[ctypes.CDLL]:
     """The native kernel when it can take these maps (plain float32 CPU tensors, eager, nobody watching the
     operators: a dispatch mode such as ``FlopCounterMode`` must see the convolution), else None."""
-    present = [m for m in maps if m is not None]
-    ok = (
-        not torch.compiler.is_compiling()
-        and not is_in_torch_dispatch_mode()
-        and all(_plain_cpu_float(m) for m in present)
-        and not (torch.is_grad_enabled() and any(m.requires_grad for m in present))  # autograd must see PyTorch ops
-    )
+    if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
+        return None
+    grad = torch.is_grad_enabled()  # autograd must see PyTorch ops
+    ok = all(m is None or (_plain_cpu_float(m) and not (grad and m.requires_grad)) for m in maps)
     lib = _native() if ok else None
     return lib if lib is not None and lib.life_dw_supports(k) else None
+
+
+def _as_operator(name: str):
+    """A ``torch.profiler`` range, so that the profiler lists the native call as an operator; nothing (it costs
+    several microseconds a call) while no profiler runs."""
+    return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
 
 
 def _c_map(m: torch.Tensor) -> Tuple[int, int, int, int]:
@@ -228,7 +235,7 @@ def depthwise_conv(
     B, _, G, cg = xm.shape
     w = weight.contiguous()  # (C, 1, k, k): the kernel reads the taps as they are (flips them itself)
     a, c = (_c_map(m) if m is not None else (None, 0, 0, 0) for m in (am, cm))
-    with torch.profiler.record_function("lifevit::depthwise_conv"):  # visible to torch.profiler as an operator
+    with _as_operator("lifevit::depthwise_conv"):
         rc = lib.life_dw_conv(*_c_map(xm), w.data_ptr(), int(flip), *_c_map(om), *a, *c, B, H, W, G, cg, k,
                               torch.get_num_threads())  # fmt: skip
     if rc != 0:
@@ -252,8 +259,79 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
         return g_w.reshape(-1).view(weight.shape)
     B, _, G, cg = xm.shape
     gw = x.new_empty(weight.shape)  # (C, 1, k, k) contiguous, as the kernel writes it
-    with torch.profiler.record_function("lifevit::depthwise_weight_grad"):
+    with _as_operator("lifevit::depthwise_weight_grad"):
         rc = lib.life_dw_wgrad(*_c_map(xm), *_c_map(gm), gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise weight gradient failed (code {rc}); set LIFEVIT_NATIVE=0")
     return gw
+
+
+# ------------------------------------------------------------------------------------------------ compiled code
+# torch.compile cannot trace into the native kernel (a ctypes call); as operators of their own, the convolution and
+# its weight gradient become calls in the compiled graph, with this autograd formula, instead of PyTorch's depthwise
+# convolution backward (oneDNN's 5 x 5 weight gradient: several times the native kernel's time, see above).
+@torch.library.custom_op(
+    "lifevit::dwconv", mutates_args=(), schema="(Tensor x, Tensor weight, int H, int W, bool flip) -> Tensor"
+)
+def _conv_op(x: torch.Tensor, weight: torch.Tensor, H: int, W: int, flip: bool) -> torch.Tensor:
+    with torch.no_grad():  # below autograd already: let the native kernel take tensors that require gradients
+        return depthwise_conv(x, weight, H, W, flip=flip).contiguous()
+
+
+@torch.library.custom_op(
+    "lifevit::dwconv_wgrad", mutates_args=(), schema="(Tensor x, Tensor g, Tensor weight, int H, int W) -> Tensor"
+)
+def _wgrad_op(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    with torch.no_grad():
+        return depthwise_weight_grad(x, g, weight, H, W)
+
+
+@_conv_op.register_fake
+def _(x, weight, H, W, flip):
+    return x.new_empty(x.shape)
+
+
+@_wgrad_op.register_fake
+def _(x, g, weight, H, W):
+    return weight.new_empty(weight.shape)
+
+
+def _conv_op_setup(ctx, inputs, output):
+    x, weight, H, W, flip = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (H, W, flip)
+
+
+def _conv_op_backward(ctx, g):
+    x, weight = ctx.saved_tensors
+    H, W, flip = ctx.geometry
+    g_x = _conv_op(g, weight, H, W, not flip) if ctx.needs_input_grad[0] else None
+    g_w = None
+    if ctx.needs_input_grad[1]:
+        g_w = _wgrad_op(x, g, weight, H, W)
+        g_w = g_w.flip(-1, -2) if flip else g_w
+    return g_x, g_w, None, None, None
+
+
+_conv_op.register_autograd(_conv_op_backward, setup_context=_conv_op_setup)
+
+
+@torch.compiler.assume_constant_result  # run while tracing (it may build the kernel), not traced
+def _native_supports(k: int) -> bool:
+    lib = _native()
+    return lib is not None and bool(lib.life_dw_supports(k))
+
+
+def depthwise_conv_traced(x: torch.Tensor, weight: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``depthwise_conv(x, weight, H, W)`` for traced code: under ``torch.compile`` on CPU in float32 the native
+    kernel as an operator of the graph (``lifevit::dwconv``, differentiable); otherwise, and always under
+    ``torch.export`` (exported programs and ONNX need PyTorch's operators), PyTorch's convolution. Shapes as in
+    ``depthwise_conv``; the result is dense."""
+    native = (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and _native_supports(weight.shape[-1])
+    )
+    return _conv_op(x, weight, H, W, False) if native else depthwise_conv(x, weight, H, W)

@@ -25,12 +25,13 @@ Patch outputs never depend on prefix tokens and prefix outputs never depend on p
 Width split: ``out_dim`` is divided as evenly as possible, earlier scales taking the remainder, e.g.
 192 -> (64, 64, 64) and 256 -> (86, 85, 85) for three scales.
 
-Cost. Every scale is written straight into one output buffer (no concatenation). In eager training the
+Cost. In eager mode every scale is written straight into one output buffer (no concatenation); in training the
 scales 2..S run inside one autograd function that keeps nothing but that output buffer (which the attention
 keeps anyway, as q, k and v) and recomputes the cheap depthwise convolutions in backward, so LIFE's training
 memory is close to the plain projection's. Its depthwise weight gradients are returned contiguous, the layout
-DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the same buffer code is
-traced with ordinary autograd (the compiler plans recomputation itself). The depthwise convolutions, their input
+DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the scales are traced as new
+tensors joined by one concatenation, with ordinary autograd (the compiler plans recomputation itself; in-place
+writes into a buffer compile into a slow copy kernel). The depthwise convolutions, their input
 and weight gradients read the patch tokens in place as channels-last maps (``dwconv.py``: on CPU a small native
 kernel, elsewhere PyTorch's convolutions); the convolution that reads a scale also copies it into the output.
 """
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .dwconv import depthwise_conv, depthwise_weight_grad
+from .dwconv import depthwise_conv, depthwise_conv_traced, depthwise_weight_grad
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
@@ -120,9 +121,10 @@ class Pointwise(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- the computation
-# Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). One plain function for the forward pass
-# (no-grad, compiled, exported and inside the autograd function) and the autograd function's backward below. The
-# depthwise convolutions read and write the patch tokens as (B, H*W, G, c) maps in place (``dwconv``).
+# Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). Eager: one plain function for the forward
+# pass (no-grad and inside the autograd function) and the autograd function's backward below; the depthwise
+# convolutions read and write the patch tokens as (B, H*W, G, c) maps in place (``dwconv``). Traced (compiled,
+# exported): ``_scales_cat``, the same arithmetic without in-place writes.
 def _projection_input(prefix, patches, wd, H, W, copy_to=None) -> torch.Tensor:
     """A pointwise projection's input for every token, (B, P + H*W, C) dense: the prefix tokens (``prefix``:
     (B, P, C) or (B, P, 3, c)) as they are, since they skip the depthwise conv, and the patch tokens (``patches``: a
@@ -161,6 +163,21 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
         offset, cs = offset + cs, c
     out[:, :, :, offset:] = y.view(B, N, 3, cs)  # the last scale (every other one was copied on the way)
     return out
+
+
+def _scales_cat(y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.Tensor:
+    """The same as ``_scales_into`` without writing into a buffer: every scale a new tensor, joined by ``torch.cat``
+    ((B, N, 3, D)). For traced code (``torch.compile``, ``torch.export``): compilers turn the buffer's slot writes
+    into one select per element (inductor: a copy kernel several times slower than the whole eager layer) and
+    handle a concatenation well."""
+    B, N = y1.shape[:2]
+    ys = [y1.view(B, N, 3, widths[0])]  # each scale for every token, (B, N, 3, c_s)
+    for wd, wp, bp in zip(dws, pws, pbs):
+        y = ys[-1]
+        conv = depthwise_conv_traced(y[:, P:], wd.to(y.dtype), H, W)  # (B, H*W, 3, c_s): the patch tokens' conv
+        x = (torch.cat((y[:, :P], conv), dim=1) if P else conv).flatten(2)  # (B, N, 3*c_s): prefixes skip the conv
+        ys.append(F.linear(x, wp.to(y.dtype), None if bp is None else bp.to(y.dtype)).view(B, N, 3, -1))
+    return torch.cat(ys, dim=-1)
 
 
 class _Scales(torch.autograd.Function):
@@ -345,7 +362,9 @@ class LIFE(nn.Module):
         pws, pbs = [m.weight for m in self.pointwise], [m.bias for m in self.pointwise]
         eager = not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
         # self.linear(x): (B, N, 3*c1), scale 1 for every token (handed over, not kept: see _scales_into)
-        if eager and torch.is_grad_enabled() and len(self.widths) > 1:
+        if not eager:  # traced: every scale a new tensor
+            out = _scales_cat(self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
+        elif torch.is_grad_enabled() and len(self.widths) > 1:
             out = _Scales.apply(self.linear(x), P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
         else:
             out = _scales_into(None, self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
