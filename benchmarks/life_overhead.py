@@ -335,7 +335,7 @@ FAMILIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "depthwise convs": (  # PyTorch's (oneDNN) and lifevit's native kernels
         "aten::mkldnn_convolution", "aten::convolution_backward", "lifevit::depthwise_conv",
-        "lifevit::depthwise_weight_grad",
+        "lifevit::depthwise_weight_grad", "lifevit::depthwise_backward",
     ),
     "copies": ("aten::copy_", "aten::cat", "aten::clone", "aten::contiguous"),
     "attention": (

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lifevit.layers import dwconv
-from lifevit.layers.dwconv import depthwise_conv, depthwise_weight_grad, native_status
+from lifevit.layers.dwconv import depthwise_backward, depthwise_conv, depthwise_weight_grad, native_status
 
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
@@ -124,6 +124,10 @@ def test_every_vector_width_matches_pytorch(width, fresh_kernel, monkeypatch):
             torch.testing.assert_close(into, add + reference_conv(x, w, H, W, flip=True), rtol=1e-5, atol=1e-5)
             ours = depthwise_weight_grad(x, g, w, H, W)
             torch.testing.assert_close(ours, reference_wgrad(x, g, w, H, W), rtol=1e-5, atol=1e-4)
+            rx, rg, gw = depthwise_backward(x, g, w, H, W, add=add)
+            torch.testing.assert_close(rx, reference_conv(x, w, H, W), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(rg, add + reference_conv(g, w, H, W, flip=True), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(gw, ours, rtol=1e-5, atol=1e-4)
 
 
 def test_same_result_every_call():
@@ -144,8 +148,9 @@ def test_profiler_lists_the_native_operations():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         depthwise_conv(x, w, 4, 4)
         depthwise_weight_grad(x, g, w, 4, 4)
+        depthwise_backward(x, g, w, 4, 4)
     keys = {e.key for e in prof.key_averages()}
-    assert {"lifevit::depthwise_conv", "lifevit::depthwise_weight_grad"} <= keys
+    assert {"lifevit::depthwise_conv", "lifevit::depthwise_weight_grad", "lifevit::depthwise_backward"} <= keys
     assert not torch.autograd._profiler_enabled()
 
 
@@ -177,6 +182,32 @@ def test_other_inputs_use_pytorch(case):
     torch.testing.assert_close(ours, reference_wgrad(x, g, w, 6, 6), **tol)
 
 
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("B,H,W,G,cg,P", SHAPES)
+def test_backward_in_one_pass_matches_pytorch(k, B, H, W, G, cg, P, threads):
+    """``depthwise_backward``: the convolution recomputed, add + the flipped convolution of g, the weight gradient,
+    written in place into views of other buffers (nothing else touched)."""
+    x, g, add, w = (
+        token_map(B, H, W, G, cg, P),
+        token_map(B, H, W, G, cg, 0, 1),
+        token_map(B, H, W, G, cg, P, 2),
+        torch.randn(G * cg, 1, k, k),
+    )
+    bx, bg = torch.randn(B, P + H * W, G, cg + 2), torch.randn(B, P + H * W, G, cg + 1)
+    ex, eg = bx.clone(), bg.clone()
+    ex[:, P:, :, :cg], eg[:, P:, :, :cg] = reference_conv(x, w, H, W), add + reference_conv(g, w, H, W, flip=True)
+    rx, rg, gw = depthwise_backward(x, g, w, H, W, add=add, out_x=bx[:, P:, :, :cg], out_g=bg[:, P:, :, :cg])
+    assert rx.data_ptr() == bx[:, P:].data_ptr() and rg.data_ptr() == bg[:, P:].data_ptr()
+    torch.testing.assert_close(bx, ex, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bg, eg, rtol=1e-5, atol=1e-5)
+    assert gw.shape == w.shape and gw.is_contiguous()
+    torch.testing.assert_close(gw, reference_wgrad(x, g, w, H, W), rtol=1e-5, atol=1e-4)
+    # without add and outputs: new tensors; the same numbers as the three operations one by one
+    rx, rg, gw2 = depthwise_backward(x, g, w, H, W)
+    assert torch.equal(rx, depthwise_conv(x, w, H, W)) and torch.equal(rg, depthwise_conv(g, w, H, W, flip=True))
+    assert torch.equal(gw2, depthwise_weight_grad(x, g, w, H, W))
+
+
 def _check_fallback(H=4, W=4):
     x, g, w = token_map(2, H, W, 3, 8, 1), token_map(2, H, W, 3, 8), torch.randn(24, 1, 5, 5)
     add, into = token_map(2, H, W, 3, 8), token_map(2, H, W, 3, 8, 1)
@@ -186,6 +217,10 @@ def _check_fallback(H=4, W=4):
     copy = token_map(2, H, W, 3, 8, 1)
     torch.testing.assert_close(depthwise_conv(x, w, H, W, copy_to=copy), reference_conv(x, w, H, W))
     assert torch.equal(copy, x)
+    rx, rg, gw = depthwise_backward(x, g, w, H, W, add=add)
+    torch.testing.assert_close(rx, reference_conv(x, w, H, W))
+    torch.testing.assert_close(rg, add + reference_conv(g, w, H, W, flip=True))
+    torch.testing.assert_close(gw, reference_wgrad(x, g, w, H, W))
 
 
 def test_switched_off(fresh_kernel, monkeypatch):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ["depthwise_conv", "depthwise_weight_grad", "native_status"]
+__all__ = ["depthwise_conv", "depthwise_weight_grad", "depthwise_backward", "native_status"]
 
 _SOURCE = Path(__file__).with_name("native") / "dwconv.c"
 _FLAG_SETS = [  # tuned for this CPU first, then portable
@@ -123,6 +123,9 @@ def _build() -> ctypes.CDLL:
         lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, *[ptr, *stride3] * 3, *[int_] * 7]
         # x, g (maps with their strides), gw, then B, H, W, G, cg, k, threads
         lib.life_dw_wgrad.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[int_] * 7]
+        # x, g (maps), weight, then the maps xo, io, add, then gw, B, H, W, G, cg, k, threads
+        lib.life_dw_backward.restype = ctypes.c_int
+        lib.life_dw_backward.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[ptr, *stride3] * 3, ptr, *[int_] * 7]
         return lib
     raise RuntimeError("; ".join(errors))
 
@@ -264,6 +267,45 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise weight gradient failed (code {rc}); set LIFEVIT_NATIVE=0")
     return gw
+
+
+def depthwise_backward(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    H: int,
+    W: int,
+    add: Optional[torch.Tensor] = None,
+    out_x: Optional[torch.Tensor] = None,
+    out_g: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a backward pass of ``y = depthwise_conv(x, weight)`` with output gradient ``g`` needs, at once:
+    ``(depthwise_conv(x, weight)`` recomputed (into ``out_x``), ``add + depthwise_conv(g, weight, flip=True)`` (the
+    input gradient, into ``out_g``), ``depthwise_weight_grad(x, g, weight))``. The native kernel reads each image of
+    ``x`` and ``g`` once for all three. Shapes as in ``depthwise_conv``; new tensors where no ``out_*`` is given."""
+    k = weight.shape[-1]
+    grouped = [t for t in (x, g, add, out_x, out_g) if t is not None and t.ndim == 4]
+    G = grouped[0].shape[2] if grouped else 1  # the maps' common groups
+    xm, gm, am, om, im = (None if t is None else _as_map(t, G) for t in (x, g, add, out_x, out_g))
+    lib = _lib_for(k, xm, gm, am, om, im, weight)
+    if lib is None:
+        return (
+            depthwise_conv(x, weight, H, W, out=out_x),
+            depthwise_conv(g, weight, H, W, flip=True, add=add, out=out_g),
+            depthwise_weight_grad(x, g, weight, H, W),
+        )
+    res_x = x.new_empty(x.shape) if out_x is None else out_x
+    res_g = g.new_empty((g if add is None else add).shape) if out_g is None else out_g
+    om, im = _as_map(res_x, G), _as_map(res_g, G)
+    B, _, G, cg = xm.shape
+    gw = x.new_empty(weight.shape)  # (C, 1, k, k) contiguous, as the kernel writes it
+    a = (None, 0, 0, 0) if am is None else _c_map(am)
+    with _as_operator("lifevit::depthwise_backward"):
+        rc = lib.life_dw_backward(*_c_map(xm), *_c_map(gm), weight.contiguous().data_ptr(), *_c_map(om), *_c_map(im),
+                                  *a, gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"LIFE's native depthwise backward failed (code {rc}); set LIFEVIT_NATIVE=0")
+    return res_x, res_g, gw
 
 
 # ------------------------------------------------------------------------------------------------ compiled code

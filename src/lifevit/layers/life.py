@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .dwconv import depthwise_conv, depthwise_conv_traced, depthwise_weight_grad
+from .dwconv import depthwise_backward, depthwise_conv, depthwise_conv_traced
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
@@ -218,20 +218,22 @@ class _Scales(torch.autograd.Function):
             wd, wp = dws[s - 1].to(dt), pws[s - 1].to(dt)
             c = widths[s - 1]
             x_map = slot(out, s - 1, P, N)  # scale s-1's patch tokens: this scale's depthwise input
-            x = _projection_input(slot(out, s - 1, 0, P), x_map, wd, H, W)  # the projection's input, recomputed
-            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
-            x = None
-            if has_bias[s - 1]:
-                g_pb[s - 1] = gy.sum((0, 1)).to(pws[s - 1].dtype)
             gx = gy @ wp  # (B, N, 3*c_{s-1}): the gradient at the projection's input
             g_conv = gx[:, P:].view(B, N - P, 3, c)  # its patch tokens: the gradient at the depthwise conv's output
-            g_dw[s - 1] = depthwise_weight_grad(x_map, g_conv, wd, H, W).to(dws[s - 1].dtype)  # contiguous (DDP)
             # gradient reaching scale s-1: its own slot of g plus what flowed back through scale s (prefix tokens
             # directly, patch tokens through the conv), read from g's slots in place; scale 1's straight into g_y1
             into = g_y1.view(B, N, 3, c) if s == 1 else g.new_empty(B, N, 3, c)
             torch.add(slot(g, s - 1, 0, P), gx[:, :P].view(B, P, 3, c), out=into[:, :P])
-            depthwise_conv(g_conv, wd, H, W, flip=True, add=slot(g, s - 1, P, N), out=into[:, P:])
-            gy, gx, g_conv = into.view(B, N, 3 * c), None, None
+            x = g.new_empty(B, N, 3 * c)  # the projection's input, recomputed: prefix tokens as they are, ...
+            if P:
+                x[:, :P].view(B, P, 3, c).copy_(slot(out, s - 1, 0, P))
+            # ... patch tokens through the conv; with the conv's input and weight gradients, in one pass
+            _, _, g_dw_s = depthwise_backward(x_map, g_conv, wd, H, W, slot(g, s - 1, P, N), x[:, P:], into[:, P:])
+            g_dw[s - 1] = g_dw_s.to(dws[s - 1].dtype)  # contiguous (DDP)
+            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
+            if has_bias[s - 1]:
+                g_pb[s - 1] = gy.sum((0, 1)).to(pws[s - 1].dtype)
+            gy, gx, g_conv, x = into.view(B, N, 3 * c), None, None, None
         return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
 
 

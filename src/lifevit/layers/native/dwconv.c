@@ -8,6 +8,8 @@
  *                  and optionally cp[b, p, c] = x[b, p, c] (a copy of the input made while reading it)
  *                  with flip set, w's taps are reversed: the input gradient of the convolution
  *   life_dw_wgrad: gw[c][t]   = sum_{b, p} g[b, p, c] * x[b, p + t, c]           (the weight gradient)
+ *   life_dw_backward: the three of a backward pass at once, each image read once: the convolution of x again
+ *                  (recomputed), the weight gradient for g, and add + the flipped convolution of g
  *
  * w and gw are PyTorch's (C, 1, k, k) weights, contiguous. Each thread copies one image at a time into a dense
  * buffer with a zero border (zeroed once); the convolution keeps 8 output pixels of one vector of channels
@@ -177,6 +179,48 @@ DEFINE_WGRAD(3)
 DEFINE_WGRAD(5)
 DEFINE_WGRAD(7)
 
+/* image b of o = a + conv(pad) (a optional), pad holding the image with its zero border, row a (Wp, Cp) scratch row */
+static void conv_image(const geom_t *g, const float *pad, const float *w, float *row, const map_t *o, const map_t *a,
+                       int b) {
+    for (int h = 0; h < g->H; h++) {
+        if (g->k == 3) conv_row_3(g, pad, w, h, row, o, a, b);
+        else if (g->k == 5) conv_row_5(g, pad, w, h, row, o, a, b);
+        else conv_row_7(g, pad, w, h, row, o, a, b);
+        if (g->cg % VL == 0) continue; /* stored straight into o */
+        for (int x = 0; x < g->W; x++) { /* scatter the row into the groups of o */
+            const long p = (long)(h * g->W + x);
+            for (int gi = 0; gi < g->G; gi++) {
+                float *dst = (float *)o->p + b * o->sb + p * o->sp + gi * o->sg;
+                const float *src = row + (size_t)x * g->Cp + gi * g->cg;
+                if (a->p) {
+                    const float *ad = a->p + b * a->sb + p * a->sp + gi * a->sg;
+                    for (int c = 0; c < g->cg; c++) dst[c] = ad[c] + src[c];
+                } else {
+                    memcpy(dst, src, sizeof(float) * g->cg);
+                }
+            }
+        }
+    }
+}
+
+static void wgrad_image(const geom_t *g, const float *pad, const map_t *gm, int b, float *gw) {
+    if (g->k == 3) wgrad_3(g, pad, gm, b, gw);
+    else if (g->k == 5) wgrad_5(g, pad, gm, b, gw);
+    else wgrad_7(g, pad, gm, b, gw);
+}
+
+/* the threads' weight gradient sums part (nt of (k * k, C)) added in a fixed order, written (C, k * k) into gw */
+static void sum_parts(const geom_t *g, const float *part, int nt, float *gw) {
+    const int kk = g->k * g->k;
+    const size_t n = (size_t)kk * g->C;
+    for (int c = 0; c < g->C; c++)
+        for (int tap = 0; tap < kk; tap++) {
+            float s = 0;
+            for (int t = 0; t < nt; t++) s += part[n * t + (size_t)tap * g->C + c];
+            gw[(size_t)c * kk + tap] = s;
+        }
+}
+
 int life_dw_supports(int k) { return k == 3 || k == 5 || k == 7; }
 
 static int threads_for(int threads, int B) {
@@ -204,7 +248,7 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weig
     if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
     const geom_t g = geometry(B, H, W, G, cg, k);
     const map_t xm = {x, xsb, xsp, xsg}, om = {o, osb, osp, osg}, am = {add, asb, asp, asg}, cm = {cp, csb, csp, csg};
-    const int nt = threads_for(threads, B), direct = cg % VL == 0;
+    const int nt = threads_for(threads, B);
     float *w = tap_major(weight, g.C, g.Cp, k * k, flip);
     if (!w) return 2;
     int failed = 0;
@@ -217,25 +261,7 @@ int life_dw_conv(const float *x, long xsb, long xsp, long xsg, const float *weig
         for (int b = 0; b < B; b++) {
             if (!pad) continue;
             fill_pad(&g, &xm, b, pad, &cm);
-            for (int h = 0; h < H; h++) {
-                if (k == 3) conv_row_3(&g, pad, w, h, row, &om, &am, b);
-                else if (k == 5) conv_row_5(&g, pad, w, h, row, &om, &am, b);
-                else conv_row_7(&g, pad, w, h, row, &om, &am, b);
-                if (direct) continue;
-                for (int x = 0; x < W; x++) { /* scatter the row into the groups of o */
-                    const long p = (long)(h * W + x);
-                    for (int gi = 0; gi < G; gi++) {
-                        float *dst = o + b * osb + p * osp + gi * osg;
-                        const float *src = row + (size_t)x * g.Cp + gi * cg;
-                        if (add) {
-                            const float *a = add + b * asb + p * asp + gi * asg;
-                            for (int c = 0; c < cg; c++) dst[c] = a[c] + src[c];
-                        } else {
-                            memcpy(dst, src, sizeof(float) * cg);
-                        }
-                    }
-                }
-            }
+            conv_image(&g, pad, w, row, &om, &am, b);
         }
         free(pad);
     }
@@ -263,19 +289,54 @@ int life_dw_wgrad(const float *x, long xsb, long xsp, long xsg, const float *gma
         }
         for (int b = (int)((long)B * t / nt); b < (int)((long)B * (t + 1) / nt); b++) {
             fill_pad(&g, &xm, b, pad, &none);
-            if (k == 3) wgrad_3(&g, pad, &gm, b, part + n * t);
-            else if (k == 5) wgrad_5(&g, pad, &gm, b, part + n * t);
-            else wgrad_7(&g, pad, &gm, b, part + n * t);
+            wgrad_image(&g, pad, &gm, b, part + n * t);
         }
         free(pad);
     }
-    if (!failed) /* the threads' sums in a fixed order, written (C, k * k) */
-        for (int c = 0; c < g.C; c++)
-            for (int tap = 0; tap < kk; tap++) {
-                float s = 0;
-                for (int t = 0; t < nt; t++) s += part[n * t + (size_t)tap * g.C + c];
-                gw[(size_t)c * kk + tap] = s;
-            }
+    if (!failed) sum_parts(&g, part, nt, gw);
     free(part);
+    return failed ? 3 : 0;
+}
+
+/* One backward pass of o = conv(x): xo = conv(x) again (the forward output, recomputed), gw (C, k * k) = its weight
+   gradient for the output gradient gmap, and io = add + the flipped convolution of gmap (the input gradient; add
+   optional). Each image of x and of gmap is read from memory once, into the thread's padded buffers. Returns 0 on
+   success. */
+int life_dw_backward(const float *x, long xsb, long xsp, long xsg, const float *gmap, long gsb, long gsp, long gsg,
+                     const float *weight, float *xo, long osb, long osp, long osg, float *io, long isb, long isp,
+                     long isg, const float *add, long asb, long asp, long asg, float *gw, int B, int H, int W, int G,
+                     int cg, int k, int threads) {
+    if (!life_dw_supports(k) || B < 1 || H < 1 || W < 1 || G < 1 || cg < 1) return 1;
+    const geom_t g = geometry(B, H, W, G, cg, k);
+    const map_t xm = {x, xsb, xsp, xsg}, gm = {gmap, gsb, gsp, gsg}, om = {xo, osb, osp, osg},
+                im = {io, isb, isp, isg}, am = {add, asb, asp, asg}, none = {NULL, 0, 0, 0};
+    const int nt = threads_for(threads, B), kk = k * k;
+    const size_t n = (size_t)kk * g.C, pad_n = (size_t)(g.H + k - 1) * g.Wp * g.Cp;
+    float *w = tap_major(weight, g.C, g.Cp, kk, 0), *wf = tap_major(weight, g.C, g.Cp, kk, 1);
+    float *part = zeroed(n * nt); /* each thread's weight gradient sums, (k * k, C) */
+    int failed = !w || !wf || !part;
+    if (!failed) {
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
+        for (int t = 0; t < nt; t++) {
+            float *pad = new_pad(&g, pad_n + (size_t)g.Wp * g.Cp); /* x's image, then gmap's image, then a row */
+            if (!pad) {
+                failed = 1;
+                continue;
+            }
+            float *pad_g = pad + pad_n, *row = pad_g + pad_n;
+            for (int b = (int)((long)B * t / nt); b < (int)((long)B * (t + 1) / nt); b++) {
+                fill_pad(&g, &xm, b, pad, &none);
+                fill_pad(&g, &gm, b, pad_g, &none);
+                conv_image(&g, pad, w, row, &om, &none, b);
+                wgrad_image(&g, pad, &gm, b, part + n * t); /* gmap's image is in cache: just read */
+                conv_image(&g, pad_g, wf, row, &im, &am, b);
+            }
+            free(pad);
+        }
+    }
+    if (!failed) sum_parts(&g, part, nt, gw);
+    free(part);
+    free(w);
+    free(wf);
     return failed ? 3 : 0;
 }
