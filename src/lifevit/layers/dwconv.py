@@ -6,17 +6,20 @@ pixels with C = G * cg channels: the patch tokens of LIFE's (B, N, 3, D) buffer 
 * ``depthwise_conv``: the k x k depthwise convolution (zero padding k // 2), optionally flipped (the input gradient)
   and added to another map, written into a given map or a new dense one.
 * ``depthwise_weight_grad``: its weight gradient, (C, 1, k, k) contiguous (the layout DDP's buckets expect).
+* ``depthwise_backward``: what a backward pass needs, at once: the convolution recomputed, the input gradient (added
+  to a map) and the weight gradient, each image read once.
 
 On CPU, for float32 in eager mode where autograd is not recording (LIFE's autograd function and no-grad
-inference), both run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
+inference), all three run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
 cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder: one build per
 source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a
 dense grid copied in and out; its 5 x 5 weight gradient takes a fifth of oneDNN's time at LIFE's shapes and its
 convolutions a little less than oneDNN's (8 x 8 maps of 192 channels, batch 64, inputs out of cache, 2 threads:
 0.75 against 3.55 ms, 0.42-0.53 against 0.46-0.63 ms; ``docs/performance.md``). It is compiled for the CPU it runs
-on (vectors of 16, 8 or 4 floats: AVX-512, AVX2 or SSE2). Everything else (GPU, bf16, ``torch.compile``,
-``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as PyTorch ops;
-results agree to float32 rounding. ``native_status()`` says which one is in use.
+on (vectors of 16, 8 or 4 floats: AVX-512, AVX2 or SSE2). Under ``torch.compile`` on CPU in float32 the same kernel
+runs as two graph operators (``lifevit::dwconv``, ``lifevit::dwconv_wgrad``, at the end of this file). Everything
+else (GPU, bf16, ``torch.export``, dispatch modes, no C compiler, ``LIFEVIT_NATIVE=0``) runs the same arithmetic as
+PyTorch ops; results agree to float32 rounding. ``native_status()`` says which one is in use.
 """
 
 from __future__ import annotations
@@ -299,10 +302,11 @@ def depthwise_backward(
     om, im = _as_map(res_x, G), _as_map(res_g, G)
     B, _, G, cg = xm.shape
     gw = x.new_empty(weight.shape)  # (C, 1, k, k) contiguous, as the kernel writes it
+    w = weight.contiguous()  # (C, 1, k, k); kept alive (a reference) while the kernel reads it
     a = (None, 0, 0, 0) if am is None else _c_map(am)
     with _as_operator("lifevit::depthwise_backward"):
-        rc = lib.life_dw_backward(*_c_map(xm), *_c_map(gm), weight.contiguous().data_ptr(), *_c_map(om), *_c_map(im),
-                                  *a, gw.data_ptr(), B, H, W, G, cg, k, torch.get_num_threads())  # fmt: skip
+        rc = lib.life_dw_backward(*_c_map(xm), *_c_map(gm), w.data_ptr(), *_c_map(om), *_c_map(im), *a, gw.data_ptr(),
+                                  B, H, W, G, cg, k, torch.get_num_threads())  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise backward failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res_x, res_g, gw
