@@ -156,6 +156,11 @@ def native_status() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the operations
+def _groups_of(*maps: Optional[torch.Tensor]) -> int:
+    """The groups G that these maps share: those of the first (B, HW, G, cg) one, else 1 (all (B, HW, C))."""
+    return next((m.shape[2] for m in maps if m is not None and m.ndim == 4), 1)
+
+
 def _as_map(t: torch.Tensor, G: int) -> torch.Tensor:
     """(B, HW, C) or (B, HW, G, cg) -> a (B, HW, G, cg) view."""
     return t if t.ndim == 4 else t.unflatten(-1, (G, -1))
@@ -223,8 +228,7 @@ def depthwise_conv(
     Shapes: x, add, out, copy_to (B, H*W, C) or (B, H*W, G, cg) (views with dense channels; copy_to must not overlap
     the others); the result has ``add``'s shape (``out``'s, or else ``x``'s)."""
     shape = next(t for t in (out, add, x) if t is not None).shape  # the result's: (B, H*W, C) or (B, H*W, G, cg)
-    grouped = [t for t in (out, add, copy_to, x) if t is not None and t.ndim == 4]
-    k, G = weight.shape[-1], grouped[0].shape[2] if grouped else 1  # the maps' common groups
+    k, G = weight.shape[-1], _groups_of(out, add, copy_to, x)
     xm, cm = _as_map(x, G), None if copy_to is None else _as_map(copy_to, G)
     lib = _lib_for(k, xm, add, out, cm, weight)
     if lib is None:
@@ -254,7 +258,7 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor
 
     Shapes: x, g (B, H*W, C) or (B, H*W, G, cg) views with dense channels; weight (C, 1, k, k)."""
     C, k = weight.shape[0], weight.shape[-1]
-    G = x.shape[2] if x.ndim == 4 else g.shape[2] if g.ndim == 4 else 1
+    G = _groups_of(x, g)
     xm, gm = _as_map(x, G), _as_map(g, G)
     lib = _lib_for(k, xm, gm, weight)
     if lib is None:
@@ -287,8 +291,7 @@ def depthwise_backward(
     input gradient, into ``out_g``), ``depthwise_weight_grad(x, g, weight))``. The native kernel reads each image of
     ``x`` and ``g`` once for all three. Shapes as in ``depthwise_conv``; new tensors where no ``out_*`` is given."""
     k = weight.shape[-1]
-    grouped = [t for t in (x, g, add, out_x, out_g) if t is not None and t.ndim == 4]
-    G = grouped[0].shape[2] if grouped else 1  # the maps' common groups
+    G = _groups_of(x, g, add, out_x, out_g)
     xm, gm, am, om, im = (None if t is None else _as_map(t, G) for t in (x, g, add, out_x, out_g))
     lib = _lib_for(k, xm, gm, am, om, im, weight)
     if lib is None:

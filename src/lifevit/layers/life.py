@@ -125,15 +125,13 @@ class Pointwise(nn.Module):
 # pass (no-grad and inside the autograd function) and the autograd function's backward below; the depthwise
 # convolutions read and write the patch tokens as (B, H*W, G, c) maps in place (``dwconv``). Traced (compiled,
 # exported): ``_scales_cat``, the same arithmetic without in-place writes.
-def _projection_input(prefix, patches, wd, H, W, copy_to=None) -> torch.Tensor:
-    """A pointwise projection's input for every token, (B, P + H*W, C) dense: the prefix tokens (``prefix``:
-    (B, P, C) or (B, P, 3, c)) as they are, since they skip the depthwise conv, and the patch tokens (``patches``: a
-    (B, H*W, ...) map) through it (``wd``: (C, 1, k, k)); ``copy_to`` as in ``depthwise_conv``."""
+def _projection_input(prefix: torch.Tensor, N: int, C: int) -> torch.Tensor:
+    """A new (B, N, C) buffer for a pointwise projection's input, its prefix tokens filled in (``prefix``: (B, P, C) or
+    (B, P, 3, c)): they skip the depthwise conv, whose output the caller writes into ``x[:, P:]``."""
     B, P = prefix.shape[:2]
-    x = patches.new_empty(B, P + H * W, wd.shape[0])
+    x = prefix.new_empty(B, N, C)
     if P:
         x[:, :P].view(prefix.shape).copy_(prefix)
-    depthwise_conv(patches, wd, H, W, out=x[:, P:], copy_to=copy_to)
     return x
 
 
@@ -156,7 +154,8 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
         if P:
             slot[:, :P] = y[:, :P].view(B, P, 3, cs)
         # the next scale's input (the conv also copies the patch tokens into their slot on the way)
-        x = _projection_input(y[:, :P], y[:, P:], wd.to(dt), H, W, copy_to=slot[:, P:])
+        x = _projection_input(y[:, :P], N, wd.shape[0])  # (B, N, 3*c_s)
+        depthwise_conv(y[:, P:], wd.to(dt), H, W, out=x[:, P:], copy_to=slot[:, P:])
         y = None  # scale s is in ``out`` now: free it before the next allocation
         y = F.linear(x, wp.to(dt), None if bp is None else bp.to(dt))  # (B, N, 3*c): one projection for all tokens
         x = None  # likewise
@@ -224,10 +223,8 @@ class _Scales(torch.autograd.Function):
             # directly, patch tokens through the conv), read from g's slots in place; scale 1's straight into g_y1
             into = g_y1.view(B, N, 3, c) if s == 1 else g.new_empty(B, N, 3, c)
             torch.add(slot(g, s - 1, 0, P), gx[:, :P].view(B, P, 3, c), out=into[:, :P])
-            x = g.new_empty(B, N, 3 * c)  # the projection's input, recomputed: prefix tokens as they are, ...
-            if P:
-                x[:, :P].view(B, P, 3, c).copy_(slot(out, s - 1, 0, P))
-            # ... patch tokens through the conv; with the conv's input and weight gradients, in one pass
+            x = _projection_input(slot(out, s - 1, 0, P), N, 3 * c)  # the projection's input, recomputed: ...
+            # ... its patch tokens through the conv, with the conv's input and weight gradients, in one pass
             _, _, g_dw_s = depthwise_backward(x_map, g_conv, wd, H, W, slot(g, s - 1, P, N), x[:, P:], into[:, P:])
             g_dw[s - 1] = g_dw_s.to(dws[s - 1].dtype)  # contiguous (DDP)
             g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})

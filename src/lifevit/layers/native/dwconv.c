@@ -179,7 +179,7 @@ DEFINE_WGRAD(3)
 DEFINE_WGRAD(5)
 DEFINE_WGRAD(7)
 
-/* image b of o = a + conv(pad) (a optional), pad holding the image with its zero border, row a (Wp, Cp) scratch row */
+/* image b of o = a + conv(pad) (a optional): pad holds the image with its zero border, row is a (Wp, Cp) scratch row */
 static void conv_image(const geom_t *g, const float *pad, const float *w, float *row, const map_t *o, const map_t *a,
                        int b) {
     for (int h = 0; h < g->H; h++) {
