@@ -8,9 +8,14 @@ pixels with C = G * cg channels: the patch tokens of LIFE's (B, N, 3, D) buffer 
 * ``depthwise_weight_grad``: its weight gradient, (C, 1, k, k) contiguous (the layout DDP's buckets expect).
 * ``depthwise_backward``: what a backward pass needs, at once: the convolution recomputed, the input gradient (added
   to a map) and the weight gradient, each image read once.
+* ``life_scales`` / ``life_scales_backward``: a whole LIFE cascade (scale-1 projection, depthwise convolutions,
+  pointwise projections, every scale into its slot of the (B, N, 3, D) output) and its backward pass in one native
+  call, a tile of a few images at a time so that every intermediate stays in the core's cache. The projections are
+  PyTorch's own BLAS (MKL's ``sgemm``, single-threaded inside the kernel's threads); without MKL (or on a big-endian
+  machine) they return None and LIFE runs the scales as separate operations.
 
 On CPU, for float32 in eager mode where autograd is not recording (LIFE's autograd function and no-grad
-inference), all three run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
+inference), all of them run as ``native/dwconv.c``, built with the system's C compiler the first time it is needed and
 cached (``$LIFEVIT_CACHE`` or ``~/.cache/lifevit``, ``native/``, else a private temporary folder: one build per
 source, compiler, flags and CPU). It reads and writes the maps in place, where PyTorch's (oneDNN) kernels need a
 dense grid copied in and out; its 5 x 5 weight gradient takes a fifth of oneDNN's time at LIFE's shapes and its
@@ -31,6 +36,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -40,7 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ["depthwise_conv", "depthwise_weight_grad", "depthwise_backward", "native_status"]
+__all__ = [
+    "depthwise_conv", "depthwise_weight_grad", "depthwise_backward", "life_scales", "life_scales_backward",
+    "native_status",
+]  # fmt: skip
 
 _SOURCE = Path(__file__).with_name("native") / "dwconv.c"
 _FLAG_SETS = [  # tuned for this CPU first, then portable
@@ -129,6 +138,13 @@ def _build() -> ctypes.CDLL:
         # x, g (maps), weight, then the maps xo, io, add, then gw, B, H, W, G, cg, k, threads
         lib.life_dw_backward.restype = ctypes.c_int
         lib.life_dw_backward.argtypes = [ptr, *stride3, ptr, *stride3, ptr, *[ptr, *stride3] * 3, ptr, *[int_] * 7]
+        # x (batch, token strides), dim, w1, b1, S, widths, kernels, dws, pws, pbs, out, B, N, P, H, W, tile, sgemm,
+        # threads
+        lib.life_cascade.restype = ctypes.c_int
+        lib.life_cascade.argtypes = [ptr, long_, long_, int_, ptr, ptr, int_, *[ptr] * 6, *[int_] * 6, ptr, int_]
+        # out, g, S, widths, kernels, dws, pws, gy1, gdws, gpws, gpbs, B, N, P, H, W, tile, sgemm, threads
+        lib.life_cascade_backward.restype = ctypes.c_int
+        lib.life_cascade_backward.argtypes = [ptr, ptr, int_, *[ptr] * 8, *[int_] * 6, ptr, int_]
         return lib
     raise RuntimeError("; ".join(errors))
 
@@ -313,6 +329,101 @@ def depthwise_backward(
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise backward failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res_x, res_g, gw
+
+
+def _blas_sgemm() -> Optional[int]:
+    """The address of the Fortran ``sgemm_`` of PyTorch's own BLAS (MKL, linked into ``libtorch_cpu``), else None.
+
+    Only MKL: inside our OpenMP threads it runs one thread per call (an OpenBLAS built with its own threads would
+    start more); little-endian only (the kernel passes 64-bit integers that an LP64 BLAS reads as 32-bit)."""
+    global _sgemm
+    if _sgemm is None:
+        _sgemm = 0
+        if sys.byteorder == "little" and torch.backends.mkl.is_available():
+            for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+                path = Path(torch.__file__).parent / "lib" / name
+                try:
+                    _sgemm = ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value or 0
+                except (OSError, AttributeError):
+                    continue
+                break
+    return _sgemm or None
+
+
+_sgemm: Optional[int] = None
+_TILE_BYTES = 256 * 1024  # a tile's scale (rows x 3 c_s floats): with the next scale's input it stays in a core's L2
+
+
+def _ptrs(ts) -> ctypes.Array:
+    return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
+
+
+def life_scales(x, w1, b1, dws, pws, pbs, P: int, H: int, W: int, widths) -> Optional[torch.Tensor]:
+    """A LIFE layer's scales in one native call (``life_cascade`` in ``native/dwconv.c``), or None where the native
+    kernel cannot take them (the caller then runs them as separate operations; the results agree to float32 rounding).
+
+    ``x`` (B, N, dim) goes through the scale-1 projection ``w1`` (3 c_1, dim) / ``b1`` first, or is scale 1 itself,
+    (B, N, 3 c_1), when ``w1`` is None; ``dws``, ``pws``, ``pbs``: the depthwise weights, pointwise weights and
+    biases (or None) of scales 2..S. Returns the new (B, N, 3, D) buffer. A few images at a time, every scale stays
+    in cache: the layer reads ``x`` and writes the result once (the separate operations move several times the
+    layer's bytes through memory). CPU float32, eager, no autocast, nothing recording gradients; needs PyTorch's MKL.
+    """
+    ks = [w.shape[-1] for w in dws]
+    if not 1 < len(widths) <= 8 or torch.is_autocast_enabled("cpu"):
+        return None
+    lib = _lib_for(ks[0], x, w1, b1, *dws, *pws, *pbs)
+    if lib is None or not all(lib.life_dw_supports(k) for k in ks) or _blas_sgemm() is None:
+        return None
+    B, N = x.shape[:2]
+    out = x.new_empty(B, N, 3, sum(widths))
+    dws, pws, pbs = ([None if t is None else t.contiguous() for t in ts] for ts in (dws, pws, pbs))
+    w1c, b1c = (None if t is None else t.contiguous() for t in (w1, b1))
+    S, dim = len(widths), x.shape[-1]
+    tile = max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
+    with _as_operator("lifevit::life_scales"):
+        rc = lib.life_cascade(
+            x.data_ptr(), x.stride(0), x.stride(1), dim, None if w1c is None else w1c.data_ptr(),
+            None if b1c is None else b1c.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks),
+            _ptrs(dws), _ptrs(pws), _ptrs(pbs), out.data_ptr(), B, N, P, H, W, tile, _blas_sgemm(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"LIFE's native cascade failed (code {rc}); set LIFEVIT_NATIVE=0")
+    return out
+
+
+def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, widths):
+    """The backward pass of ``life_scales`` from scale 1 on, in one native call (``life_cascade_backward``), or None
+    where the native kernel cannot take it.
+
+    ``out`` (B, N, 3, D): the forward result (it holds every scale, so the depthwise inputs); ``g``: its gradient.
+    Returns ``(g_y1, g_dws, g_pws, g_pbs)``: the gradient at scale 1 (B, N, 3 c_1) and the weight gradients of scales
+    2..S (contiguous; ``g_pbs[s]`` None where ``has_bias[s]`` is false). Tile by tile in cache, as the forward pass;
+    the depthwise convolutions recomputed from ``out``."""
+    ks = [w.shape[-1] for w in dws]
+    if not 1 < len(widths) <= 8 or torch.is_autocast_enabled("cpu"):
+        return None
+    out, g = out.contiguous(), g.contiguous()  # g may be expanded (the gradient of a sum)
+    lib = _lib_for(ks[0], out, g, *dws, *pws)
+    if lib is None or not all(lib.life_dw_supports(k) for k in ks) or _blas_sgemm() is None:
+        return None
+    B, N = out.shape[:2]
+    dws, pws = [w.contiguous() for w in dws], [w.contiguous() for w in pws]
+    g_y1 = out.new_empty(B, N, 3 * widths[0])
+    g_dws = [out.new_empty(w.shape) for w in dws]
+    g_pws = [out.new_empty(w.shape) for w in pws]
+    g_pbs = [out.new_empty(w.shape[0]) if b else None for w, b in zip(pws, has_bias)]
+    S = len(widths)
+    tile = max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
+    with _as_operator("lifevit::life_scales_backward"):
+        rc = lib.life_cascade_backward(
+            out.data_ptr(), g.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks), _ptrs(dws),
+            _ptrs(pws), g_y1.data_ptr(), _ptrs(g_dws), _ptrs(g_pws), _ptrs(g_pbs), B, N, P, H, W, tile,
+            _blas_sgemm(), torch.get_num_threads(),
+        )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"LIFE's native cascade backward failed (code {rc}); set LIFEVIT_NATIVE=0")
+    return g_y1, g_dws, g_pws, g_pbs
 
 
 # ------------------------------------------------------------------------------------------------ compiled code

@@ -25,7 +25,11 @@ Patch outputs never depend on prefix tokens and prefix outputs never depend on p
 Width split: ``out_dim`` is divided as evenly as possible, earlier scales taking the remainder, e.g.
 192 -> (64, 64, 64) and 256 -> (86, 85, 85) for three scales.
 
-Cost. In eager mode every scale is written straight into one output buffer (no concatenation); in training the
+Cost. In eager mode every scale is written straight into one output buffer (no concatenation). On CPU in float32
+the whole cascade runs as one native call a few images at a time, every scale in cache (``dwconv.life_scales``:
+the layer reads its input and writes its output once), in inference from the input tokens (scale 1 included, where
+``linear`` is a plain, unhooked ``nn.Linear``), in training from scale 1 on, with a backward pass of the same kind
+(``dwconv.life_scales_backward``); elsewhere the scales run as separate operations. In training the
 scales 2..S run inside one autograd function that keeps nothing but that output buffer (which the attention
 keeps anyway, as q, k and v) and recomputes the cheap depthwise convolutions in backward, so LIFE's training
 memory is close to the plain projection's. Its depthwise weight gradients are returned contiguous, the layout
@@ -45,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _hooks
 
-from .dwconv import depthwise_backward, depthwise_conv, depthwise_conv_traced
+from .dwconv import depthwise_backward, depthwise_conv, depthwise_conv_traced, life_scales, life_scales_backward
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
@@ -120,6 +125,13 @@ class Pointwise(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _plain_linear(m: nn.Module) -> bool:
+    """``m`` is an ``nn.Linear`` as PyTorch made it, with no hooks (its own or global): calling it is ``F.linear``."""
+    return type(m) is nn.Linear and not (
+        m._forward_hooks or m._forward_pre_hooks or _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks
+    )
+
+
 # ------------------------------------------------------------------------------------------- the computation
 # Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). Eager: one plain function for the forward
 # pass (no-grad and inside the autograd function) and the autograd function's backward below; the depthwise
@@ -186,9 +198,9 @@ class _Scales(torch.autograd.Function):
     def forward(ctx, y1, P, H, W, widths, *params):
         S1 = len(widths) - 1
         dws, pws, pbs = list(params[:S1]), list(params[S1 : 2 * S1]), list(params[2 * S1 :])
-        B, N = y1.shape[:2]
-        out = y1.new_empty(B, N, 3, sum(widths))
-        _scales_into(out, y1, P, H, W, widths, dws, pws, pbs)
+        out = life_scales(y1, None, None, dws, pws, pbs, P, H, W, widths)  # (B, N, 3, D): native, in cache
+        if out is None:
+            out = _scales_into(None, y1, P, H, W, widths, dws, pws, pbs)
         ctx.geometry = (P, H, W, widths, [b is not None for b in pbs])
         ctx.save_for_backward(out, *dws, *pws)
         return out
@@ -200,6 +212,10 @@ class _Scales(torch.autograd.Function):
         out, *weights = ctx.saved_tensors
         S1 = len(widths) - 1
         dws, pws = weights[:S1], weights[S1:]
+        native = life_scales_backward(out, g, dws, pws, has_bias, P, H, W, widths)  # in cache, one call
+        if native is not None:
+            g_y1, g_dw, g_pw, g_pb = native
+            return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
         B, N = out.shape[:2]
         dt = g.dtype
         starts = [sum(widths[:s]) for s in range(len(widths))]
@@ -365,8 +381,12 @@ class LIFE(nn.Module):
             out = _scales_cat(self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
         elif torch.is_grad_enabled() and len(self.widths) > 1:
             out = _Scales.apply(self.linear(x), P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
-        else:
-            out = _scales_into(None, self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
+        else:  # no autograd: scale 1 as well in one native call where it can, else as operations
+            out = None
+            if _plain_linear(self.linear):  # nobody hooks or replaces it: its weights may be read directly
+                out = life_scales(x, self.linear.weight, self.linear.bias, dws, pws, pbs, P, H, W, self.widths)
+            if out is None:
+                out = _scales_into(None, self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
         if self.prefix_keys_from_scale1 and P:
             k1 = out[:, :P, 1:2, : self.widths[0]].repeat(1, 1, 1, len(self.widths))  # (B, P, 1, D): [k_1 ... k_1]
             out = torch.cat((torch.cat((out[:, :P, :1], k1, out[:, :P, 2:]), dim=2), out[:, P:]), dim=1)

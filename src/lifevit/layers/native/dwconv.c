@@ -340,3 +340,261 @@ int life_dw_backward(const float *x, long xsb, long xsp, long xsg, const float *
     free(wf);
     return failed ? 3 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------- LIFE's whole cascade
+   One LIFE layer's scales a few images at a time (a tile), every intermediate in the thread's cache: for a tile,
+     y_1 = x W_1^T + b_1         (n, 3 c_1)   (or y_1 given, the caller's scale-1 projection, when w1 is NULL)
+     x_s = y_{s-1}, its patch tokens through the depthwise conv s (per image; prefix tokens as they are)
+     y_s = x_s P_s^T + p_s       (n, 3 c_s)
+   each y_s copied into its slot of out (B, N, 3, D) contiguous, out[b, t, g, off_s : off_s + c_s] (scale s - 1 by
+   the conv while it reads it, the last one at the end). n = tile * N rows. What goes to memory is x (or y_1) read once
+   and out written once; the separate operations write and read every scale's input and output (several times the
+   layer's own bytes) and run 2-3x slower than in cache. The projections are the Fortran BLAS sgemm of the caller
+   (PyTorch's), one single-threaded call per tile on each of our threads. */
+typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
+                        const float *, const int *, const float *, const int *, const float *, float *, const int *);
+
+/* c (n, m) row-major, leading dimension ldc, = a (n, k; leading dimension lda) w^T (w: (m, k) contiguous) + bias (m;
+   may be NULL). The integers go to sgemm as 64-bit values: read as 32-bit (LP64 BLAS) or 64-bit (ILP64) on a
+   little-endian machine, both are right. */
+static void linear_rows(sgemm_t sgemm, const float *a, long lda, long n, long k, const float *w, const float *bias,
+                        long m, float *c, long ldc) {
+    const float one = 1, zero = 0;
+    if (bias)
+        for (long r = 0; r < n; r++) memcpy(c + r * ldc, bias, sizeof(float) * m);
+    /* column-major: c^T (m, n) = w^T (w read as (k, m))^T a^T (a read as (k, n)) */
+    sgemm("T", "N", (const int *)&m, (const int *)&n, (const int *)&k, &one, w, (const int *)&k, a,
+          (const int *)&lda, bias ? &one : &zero, c, (const int *)&ldc);
+}
+
+/* rows [0, n) of y (ld 3 c) into their slot of out, rows o (ld 3 D): o[r, g, 0 : c] = y[r, g * c : (g + 1) * c] */
+static void to_slot(const float *y, long n, int c, float *o, int D) {
+    for (long r = 0; r < n; r++)
+        for (int g = 0; g < 3; g++) memcpy(o + (r * 3 + g) * D, y + r * 3 * c + g * c, sizeof(float) * c);
+}
+
+/* Returns 0 on success. x: (B, N, dim) with batch stride xsb, token stride xst (y_1 (B, N, 3 c_1) when w1 is NULL);
+   w1 (3 c_1, dim), b1 (3 c_1) or NULL; S scales of widths c_1 ... c_S (sum D), kernels ks[0 .. S - 2]; dws[s]
+   (3 c_{s+1}, 1, k, k) the depthwise weights, pws[s] (3 c_{s+2}, 3 c_{s+1}) the pointwise ones, pbs[s] their biases or
+   NULL; out (B, N, 3, D) contiguous; P prefix tokens then an H x W grid (N = P + H W); tile images per projection. */
+int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, const float *b1, int S,
+                 const int *widths, const int *ks, const float *const *dws, const float *const *pws,
+                 const float *const *pbs, float *out, int B, int N, int P, int H, int W, int tile, void *sgemm_fn,
+                 int threads) {
+    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W || !sgemm_fn) return 1;
+    if (tile < 1 || xsb != (long)N * xst) tile = 1; /* several images in one projection: their rows equally spaced */
+    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
+    int D = 0, cmax = 0;
+    for (int s = 0; s < S; s++) {
+        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
+        D += widths[s];
+        cmax = widths[s] > cmax ? widths[s] : cmax;
+    }
+    geom_t geo[8];
+    float *taps[8] = {0};
+    int failed = 0;
+    for (int s = 1; s < S; s++) { /* conv s reads scale s - 1: 3 groups of c_{s-1} channels */
+        geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
+        taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, ks[s - 1] * ks[s - 1], 0);
+        failed |= !taps[s];
+    }
+    const int nt = threads_for(threads, B);
+    const size_t tn = (size_t)tile * N * 3 * cmax; /* a tile's y or x_s: (tile * N, 3 c) */
+    if (!failed) {
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
+        for (int t = 0; t < nt; t++) {
+            size_t pad_n[8] = {0}, total = 2 * tn, rows = 0;
+            for (int s = 1; s < S; s++) {
+                pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
+                total += pad_n[s];
+                rows = (size_t)geo[s].Wp * geo[s].Cp > rows ? (size_t)geo[s].Wp * geo[s].Cp : rows;
+            }
+            float *buf = zeroed(total + rows); /* y, x_s, a padded image per conv, a row */
+            if (!buf) {
+                failed = 1;
+                continue;
+            }
+            float *y = buf, *xs = y + tn, *row = xs + tn;
+            for (int s = 1; s < S; s++) row += pad_n[s];
+            const int b_end = (int)((long)B * (t + 1) / nt);
+            for (int b0 = (int)((long)B * t / nt); b0 < b_end; b0 += tile) {
+                const int nb = b_end - b0 < tile ? b_end - b0 : tile, n = nb * N;
+                const float *cur = y; /* scale s of the tile's images, rows of ld floats */
+                int ld = 3 * widths[0];
+                if (w1) {
+                    linear_rows(sgemm, x + b0 * xsb, xst, n, dim, w1, b1, ld, y, ld);
+                } else {
+                    cur = x + b0 * xsb;
+                    ld = (int)xst;
+                }
+                float *p = xs + tn;
+                for (int s = 1, off = 0; s < S; off += widths[s - 1], p += pad_n[s], s++) {
+                    const int c = widths[s - 1];
+                    for (int i = 0; i < nb; i++) {
+                        const float *ci = cur + (size_t)i * N * ld;
+                        float *ob = out + (size_t)(b0 + i) * N * 3 * D, *xi = xs + (size_t)i * N * 3 * c;
+                        const map_t src = {ci + (size_t)P * ld, 0, ld, c}, dst = {xi + (size_t)P * 3 * c, 0, 3 * c, c},
+                                    slot = {ob + (size_t)P * 3 * D + off, 0, 3 * D, D}, none = {NULL, 0, 0, 0};
+                        for (int r = 0; r < P; r++) { /* prefix tokens skip the conv: into the slot and x_s */
+                            memcpy(xi + (size_t)r * 3 * c, ci + (size_t)r * ld, sizeof(float) * 3 * c);
+                            to_slot(ci + (size_t)r * ld, 1, c, ob + (size_t)r * 3 * D + off, D);
+                        }
+                        fill_pad(&geo[s], &src, 0, p, &slot); /* the patch tokens, copied into the slot on the way */
+                        conv_image(&geo[s], p, taps[s], row, &dst, &none, 0);
+                    }
+                    linear_rows(sgemm, xs, 3 * c, n, 3 * c, pws[s - 1], pbs[s - 1], 3 * widths[s], y, 3 * widths[s]);
+                    cur = y;
+                    ld = 3 * widths[s];
+                }
+                const int c = widths[S - 1]; /* the last scale */
+                to_slot(y, n, c, out + (size_t)b0 * N * 3 * D + D - c, D);
+            }
+            free(buf);
+        }
+    }
+    for (int s = 1; s < S; s++) free(taps[s]);
+    return failed ? 3 : 0;
+}
+
+/* rows [0, n) of a slot of out (rows o, ld 3 D) into y (ld 3 c), the other way round from to_slot */
+static void from_slot(const float *o, long n, int c, float *y, int D) {
+    for (long r = 0; r < n; r++)
+        for (int g = 0; g < 3; g++) memcpy(y + r * 3 * c + g * c, o + (r * 3 + g) * D, sizeof(float) * c);
+}
+
+/* The backward pass of life_cascade from y_1 on, tile by tile in cache as well. out (B, N, 3, D) is the forward
+   result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient. For scale j = S .. 2 of a tile:
+     gx    = gy_j P_j                                  the gradient at the projection's input x_j (n, 3 c_{j-1})
+     x_j   = y_{j-1} with its patch tokens through conv j again (recomputed from out)
+     gP_j += gy_j^T x_j, gp_j += the column sums of gy_j, gw_j += the conv's weight gradient for gx's patch tokens
+     gy_{j-1} = g's slot of scale j - 1 + gx (prefix tokens) or the flipped conv of gx (patch tokens)
+   and gy_1 goes to gy1 (B, N, 3 c_1) contiguous. Weight gradients: each thread's sums, added in a fixed order.
+   gdws[s] (3 c_{s+1}, k * k), gpws[s] like pws[s], gpbs[s] (3 c_{s+2}) or NULL. Returns 0 on success. */
+int life_cascade_backward(const float *out, const float *g, int S, const int *widths, const int *ks,
+                          const float *const *dws, const float *const *pws, float *gy1, float *const *gdws,
+                          float *const *gpws, float *const *gpbs, int B, int N, int P, int H, int W, int tile,
+                          void *sgemm_fn, int threads) {
+    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W || !sgemm_fn || tile < 1) return 1;
+    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
+    int D = 0, cmax = 0, offs[8];
+    for (int s = 0; s < S; s++) {
+        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
+        offs[s] = D;
+        D += widths[s];
+        cmax = widths[s] > cmax ? widths[s] : cmax;
+    }
+    const int nt = threads_for(threads, B);
+    geom_t geo[8];
+    float *taps[8] = {0}, *flips[8] = {0};
+    size_t dw_n[8] = {0}, pw_n[8] = {0}, part_n = 0; /* per thread: gw_j (k * k, C), gP_j, gp_j */
+    int failed = 0;
+    for (int s = 1; s < S; s++) {
+        const int kk = ks[s - 1] * ks[s - 1];
+        geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
+        taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 0);
+        flips[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 1);
+        failed |= !taps[s] || !flips[s];
+        dw_n[s] = (size_t)kk * geo[s].C;
+        pw_n[s] = (size_t)9 * widths[s] * widths[s - 1];
+        part_n += dw_n[s] + pw_n[s] + (size_t)3 * widths[s];
+    }
+    float *parts = failed ? NULL : zeroed(part_n * nt);
+    failed |= !parts;
+    const size_t tn = (size_t)tile * N * 3 * cmax;
+    if (!failed) {
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
+        for (int t = 0; t < nt; t++) {
+            size_t pad_n[8] = {0}, total = 3 * tn, rows = 0;
+            for (int s = 1; s < S; s++) {
+                pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
+                total += 2 * pad_n[s];
+                rows = (size_t)geo[s].Wp * geo[s].Cp > rows ? (size_t)geo[s].Wp * geo[s].Cp : rows;
+            }
+            float *buf = zeroed(total + rows); /* gy, gx, x_j, two padded images per conv (y, gx), a row */
+            if (!buf) {
+                failed = 1;
+                continue;
+            }
+            float *gy = buf, *gx = gy + tn, *xs = gx + tn, *row = xs + tn;
+            for (int s = 1; s < S; s++) row += 2 * pad_n[s];
+            float *part = parts + part_n * t, *gw[8], *gP[8], *gp[8];
+            for (int s = 1; s < S; s++) {
+                gw[s] = part, gP[s] = gw[s] + dw_n[s], gp[s] = gP[s] + pw_n[s];
+                part = gp[s] + 3 * widths[s];
+            }
+            const int b_end = (int)((long)B * (t + 1) / nt);
+            for (int b0 = (int)((long)B * t / nt); b0 < b_end; b0 += tile) {
+                const int nb = b_end - b0 < tile ? b_end - b0 : tile, n = nb * N;
+                const size_t base = (size_t)b0 * N * 3 * D; /* the tile's first row of out and g */
+                from_slot(g + base + offs[S - 1], n, widths[S - 1], gy, D);
+                float *pad_y = xs + tn;
+                for (int s = 1; s < S; s++) pad_y += 2 * pad_n[s];
+                for (int j = S - 1; j >= 1; j--) {
+                    const int c = widths[j - 1], c2 = widths[j]; /* x_j: 3 c channels; y_j: 3 c2 */
+                    const float one = 1, zero = 0;
+                    const long m_ = 3 * c, n_ = n, k_ = 3 * c2;
+                    pad_y -= 2 * pad_n[j];
+                    float *pad_g = pad_y + pad_n[j];
+                    /* gx (n, 3 c) = gy (n, 3 c2) P_j (3 c2, 3 c); column-major: gx^T = P_j^T gy^T */
+                    sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, pws[j - 1],
+                          (const int *)&m_, gy, (const int *)&k_, &zero, gx, (const int *)&m_);
+                    for (int i = 0; i < nb; i++) {
+                        const size_t ob = base + (size_t)i * N * 3 * D, r0 = (size_t)i * N * 3 * c;
+                        const map_t ym = {out + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D},
+                                    xm = {xs + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
+                                    gm = {gx + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
+                                    am = {g + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D}, none = {NULL, 0, 0, 0};
+                        from_slot(out + ob + offs[j - 1], P, c, xs + r0, D); /* prefix tokens: x_j = y_{j-1} */
+                        for (int r = 0; r < P; r++) /* and their gradient: g's slot + gx */
+                            for (int gi = 0; gi < 3; gi++) {
+                                float *d = gx + r0 + (size_t)r * 3 * c + gi * c;
+                                const float *a = g + ob + ((size_t)r * 3 + gi) * D + offs[j - 1];
+                                for (int q = 0; q < c; q++) d[q] += a[q];
+                            }
+                        fill_pad(&geo[j], &ym, 0, pad_y, &none);
+                        conv_image(&geo[j], pad_y, taps[j], row, &xm, &none, 0); /* x_j's patch tokens */
+                        fill_pad(&geo[j], &gm, 0, pad_g, &none);
+                        wgrad_image(&geo[j], pad_y, &gm, 0, gw[j]);
+                        conv_image(&geo[j], pad_g, flips[j], row, &gm, &am, 0); /* gy_{j-1}, over gx in place */
+                    }
+                    /* gP_j (3 c2, 3 c) += gy^T x_j; column-major: gP^T (3 c, 3 c2) += x_j^T gy */
+                    sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_,
+                          gy, (const int *)&k_, &one, gP[j], (const int *)&m_);
+                    for (int r = 0; r < n; r++)
+                        for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * 3 * c2 + q];
+                    float *tmp = gy; /* gx holds gy_{j-1} now */
+                    gy = gx, gx = tmp;
+                }
+                memcpy(gy1 + (size_t)b0 * N * 3 * widths[0], gy, sizeof(float) * n * 3 * widths[0]);
+            }
+            free(buf);
+        }
+    }
+    if (!failed) /* the threads' sums in a fixed order */
+        for (int s = 1; s < S; s++) {
+            size_t off = 0;
+            for (int q = 1; q < s; q++) off += dw_n[q] + pw_n[q] + (size_t)3 * widths[q];
+            float *tmp = malloc(sizeof(float) * dw_n[s] * nt);
+            if (!tmp) {
+                failed = 1;
+                break;
+            }
+            for (int t = 0; t < nt; t++) memcpy(tmp + dw_n[s] * t, parts + part_n * t + off, sizeof(float) * dw_n[s]);
+            sum_parts(&geo[s], tmp, nt, gdws[s - 1]);
+            free(tmp);
+            for (size_t q = 0; q < pw_n[s]; q++) { /* column-major gP^T (3 c, 3 c2): gP (3 c2, 3 c) row-major */
+                float sum = 0;
+                for (int t = 0; t < nt; t++) sum += parts[part_n * t + off + dw_n[s] + q];
+                gpws[s - 1][q] = sum;
+            }
+            if (gpbs[s - 1])
+                for (int q = 0; q < 3 * widths[s]; q++) {
+                    float sum = 0;
+                    for (int t = 0; t < nt; t++) sum += parts[part_n * t + off + dw_n[s] + pw_n[s] + q];
+                    gpbs[s - 1][q] = sum;
+                }
+        }
+    free(parts);
+    for (int s = 1; s < S; s++) free(taps[s]), free(flips[s]);
+    return failed ? 3 : 0;
+}

@@ -1,0 +1,219 @@
+"""LIFE's whole cascade in one native call (``dwconv.life_scales`` / ``life_scales_backward``) against the same
+layer run as separate operations: forward (no-grad and training) and every gradient, and where it steps aside."""
+
+import shutil
+
+import pytest
+import torch
+
+from lifevit.layers import dwconv
+from lifevit.layers import life as life_module
+from lifevit.layers.dwconv import life_scales, life_scales_backward
+from lifevit.layers.life import LIFE
+
+HAS_NATIVE = (shutil.which("cc") or shutil.which("gcc")) and dwconv._blas_sgemm() is not None
+pytestmark = pytest.mark.skipif(not HAS_NATIVE, reason="no C compiler or no MKL sgemm in this PyTorch")
+
+# dim, kernels, prefix tokens, pointwise bias, qkv bias, batch, grid: LIFE's split (48 -> 16 x 3), odd widths
+# (64 -> 22, 21, 21), two scales, four scales with a 7 x 7 kernel, no prefix, a grid smaller than the kernel
+CASES = [
+    (48, (3, 5), 1, False, True, 3, (4, 4)),
+    (64, (3, 5), 2, True, False, 5, (5, 3)),
+    (40, (3,), 0, False, True, 2, (3, 3)),
+    (36, (3, 5, 7), 1, True, True, 4, (6, 5)),
+    (24, (5, 3), 1, False, True, 3, (2, 1)),
+]
+
+
+@pytest.fixture(params=[(1, 1 << 30), (3, 1)], ids=["1-thread-1-tile", "3-threads-tiles-of-1"])
+def setting(request, monkeypatch):
+    """Threads and the tile budget: every image of a thread in one tile, or a tile per image."""
+    threads, tile_bytes = request.param
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(dwconv, "_TILE_BYTES", tile_bytes)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(dim, kernels, P, pw_bias, qkv_bias, grid):
+    torch.manual_seed(0)
+    layer = LIFE(dim, num_prefix_tokens=P, kernel_sizes=kernels, qkv_bias=qkv_bias, grid_size=grid,
+                 pointwise_bias=pw_bias)  # fmt: skip
+    with torch.no_grad():  # the release's zero biases would hide a bias that goes missing
+        for p in layer.parameters():
+            if p.ndim == 1:
+                p.normal_()
+    return layer
+
+
+def separate(monkeypatch):
+    """Run LIFE as separate operations, as before the cascade existed."""
+    monkeypatch.setattr(life_module, "life_scales", lambda *a, **k: None)
+    monkeypatch.setattr(life_module, "life_scales_backward", lambda *a, **k: None)
+
+
+def calls(monkeypatch):
+    """Count the native cascade's calls (forward, backward) that returned a result."""
+    count = {"forward": 0, "backward": 0}
+
+    def counted(name, fn):
+        def run(*a, **k):
+            out = fn(*a, **k)
+            count[name] += out is not None
+            return out
+
+        return run
+
+    monkeypatch.setattr(life_module, "life_scales", counted("forward", life_scales))
+    monkeypatch.setattr(life_module, "life_scales_backward", counted("backward", life_scales_backward))
+    return count
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"dim{c[0]}-k{c[1]}-P{c[2]}" for c in CASES])
+def test_inference_matches_separate_operations(case, setting, monkeypatch):
+    dim, kernels, P, pw_bias, qkv_bias, B, grid = case
+    layer = make(dim, kernels, P, pw_bias, qkv_bias, grid)
+    x = torch.randn(B, P + grid[0] * grid[1], dim)
+    with monkeypatch.context() as m:
+        separate(m)
+        with torch.no_grad():
+            expected = layer(x)
+    count = calls(monkeypatch)
+    with torch.no_grad():
+        got = layer(x)
+    assert count["forward"] == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"dim{c[0]}-k{c[1]}-P{c[2]}" for c in CASES])
+def test_training_matches_separate_operations(case, setting, monkeypatch):
+    dim, kernels, P, pw_bias, qkv_bias, B, grid = case
+    layer = make(dim, kernels, P, pw_bias, qkv_bias, grid)
+    x0 = torch.randn(B, P + grid[0] * grid[1], dim)
+
+    def step():
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+    with monkeypatch.context() as m:
+        separate(m)
+        expected = step()
+    count = calls(monkeypatch)
+    got = step()
+    assert count == {"forward": 1, "backward": 1}
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-5)
+    assert got[2].keys() == expected[2].keys()
+    for name in expected[2]:
+        torch.testing.assert_close(got[2][name], expected[2][name], rtol=1e-4, atol=1e-4, msg=name)
+        assert got[2][name].is_contiguous(), name  # the layout DDP's buckets expect
+
+
+def test_gradients_match_double_precision(monkeypatch):
+    """The native backward in float32 against autograd's separate operations in float64."""
+    layer = make(64, (3, 5), 1, True, True, (4, 4))
+    x = torch.randn(3, 17, 64)
+    count = calls(monkeypatch)
+    xf = x.clone().requires_grad_()
+    layer(xf).square().sum().backward()
+    got = [xf.grad] + [p.grad for p in layer.parameters()]
+    assert count == {"forward": 1, "backward": 1}
+    layer.zero_grad()
+    double = layer.double()
+    xd = x.double().requires_grad_()
+    double(xd).square().sum().backward()  # float64: no native kernel
+    for g, ref in zip(got, [xd.grad] + [p.grad for p in double.parameters()]):
+        torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_same_result_every_call():
+    layer = make(48, (3, 5), 1, False, True, (4, 4))
+    x = torch.randn(4, 17, 48)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer(x))
+    grads = []
+    for _ in range(2):
+        layer.zero_grad()
+        layer(x).sum().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def _inputs(B=2, P=1, dim=48, grid=(4, 4)):
+    layer = make(dim, (3, 5), P, False, True, grid)
+    x = torch.randn(B, P + grid[0] * grid[1], dim)
+    dws = [m.weight.detach() for m in layer.depthwise]
+    pws = [m.weight.detach() for m in layer.pointwise]
+    pbs = [None for _ in layer.pointwise]
+    return layer, x, (x, layer.linear.weight.detach(), layer.linear.bias.detach(), dws, pws, pbs, P, *grid,
+                      layer.widths)  # fmt: skip
+
+
+def test_steps_aside_where_it_cannot_run(monkeypatch):
+    layer, x, args = _inputs()
+    assert life_scales(*args) is not None
+    with torch.no_grad():
+        expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert life_scales(*args) is None  # autocast: PyTorch's operations choose the dtypes
+    assert life_scales(args[0].double(), *args[1:]) is None  # float64
+    assert life_scales(args[0].requires_grad_(), *args[1:]) is None  # autograd must see the operations
+    args[0].requires_grad_(False)
+    assert life_scales(*args[:3], args[3][:1], args[4][:1], args[5][:1], *args[6:9], args[9][:1]) is None  # 1 scale
+    monkeypatch.setattr(dwconv, "_sgemm", 0)  # no MKL sgemm found in this PyTorch
+    assert life_scales(*args) is None
+    with torch.no_grad():  # and the layer runs as separate operations
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_switched_off_runs_separate_operations(monkeypatch, tmp_path):
+    layer, x, args = _inputs()
+    with torch.no_grad():
+        expected = layer(x)
+    monkeypatch.setattr(dwconv, "_lib", None)
+    monkeypatch.setattr(dwconv, "_status", None)
+    monkeypatch.setenv("LIFEVIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LIFEVIT_NATIVE", "0")
+    assert life_scales(*args) is None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hooked_or_replaced_projection_is_called(monkeypatch):
+    """The one-call inference reads the scale-1 weights itself only when calling the projection would do no more."""
+    layer, x, _ = _inputs()
+    count = calls(monkeypatch)
+    seen = []
+    handle = layer.linear.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        hooked = layer(x)
+    handle.remove()
+    assert seen == [(2, 17, 3 * layer.widths[0])] and count["forward"] == 0
+
+    class Scaled(torch.nn.Linear):  # a subclass (a LoRA, a quantized linear) does its own thing
+        def forward(self, t):
+            return 2 * super().forward(t)
+
+    with torch.no_grad():
+        plain = layer(x)
+        scaled = Scaled(layer.dim, 3 * layer.widths[0])
+        scaled.load_state_dict(layer.linear.state_dict())
+        layer.linear = scaled
+        doubled = layer(x)
+    assert count["forward"] == 1  # the plain call only
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(doubled, plain)
+
+
+def test_profiler_lists_the_cascade():
+    layer, x, _ = _inputs()
+    with torch.profiler.profile() as prof:
+        with torch.no_grad():
+            layer(x)
+        layer(x.requires_grad_()).sum().backward()
+    names = {e.key for e in prof.key_averages()}
+    assert {"lifevit::life_scales", "lifevit::life_scales_backward"} <= names, names
