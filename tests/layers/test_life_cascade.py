@@ -86,6 +86,24 @@ def test_inference_matches_separate_operations(case, setting, monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("view", ["channels-strided", "tokens-strided"])
+def test_inference_reads_strided_tokens(view, monkeypatch):
+    """Input tokens that are a view: every other token of a longer sequence (the cascade reads it in place), or
+    channels every other float (the kernel needs dense channels: the separate operations run)."""
+    layer = make(48, (3, 5), 1, False, True, (4, 4))
+    base = torch.randn(3, 17, 96) if view == "channels-strided" else torch.randn(3, 34, 48)
+    x = base[..., ::2] if view == "channels-strided" else base[:, ::2]  # (3, 17, 48), not contiguous
+    with monkeypatch.context() as m:
+        separate(m)
+        with torch.no_grad():
+            expected = layer(x.contiguous())
+    count = calls(monkeypatch)
+    with torch.no_grad():
+        got = layer(x)
+    assert count["forward"] == (view == "tokens-strided")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"dim{c[0]}-k{c[1]}-P{c[2]}" for c in CASES])
 def test_training_matches_separate_operations(case, setting, monkeypatch):
     dim, kernels, P, pw_bias, qkv_bias, B, grid = case
