@@ -354,6 +354,22 @@ _sgemm: Optional[int] = None
 _TILE_BYTES = 256 * 1024  # a tile's scale (rows x 3 c_s floats): with the next scale's input it stays in a core's L2
 
 
+def _cascade_lib(ks, widths, *maps: Optional[torch.Tensor]) -> Optional[ctypes.CDLL]:
+    """The native kernel when it can run a cascade of these scales (2..8 of them, every kernel size supported, no
+    autocast, MKL's sgemm found) over these maps, else None."""
+    if not 1 < len(widths) <= 8 or torch.is_autocast_enabled("cpu"):
+        return None
+    lib = _lib_for(ks[0], *maps)
+    if lib is None or not all(lib.life_dw_supports(k) for k in ks) or _blas_sgemm() is None:
+        return None
+    return lib
+
+
+def _tile(N: int, widths) -> int:
+    """Images per tile: as many as keep one tile's widest scale, (tile * N, 3 c) floats, within ``_TILE_BYTES``."""
+    return max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
+
+
 def _ptrs(ts) -> ctypes.Array:
     return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
 
@@ -369,17 +385,15 @@ def life_scales(x, w1, b1, dws, pws, pbs, P: int, H: int, W: int, widths) -> Opt
     layer's bytes through memory). CPU float32, eager, no autocast, nothing recording gradients; needs PyTorch's MKL.
     """
     ks = [w.shape[-1] for w in dws]
-    if not 1 < len(widths) <= 8 or torch.is_autocast_enabled("cpu"):
-        return None
-    lib = _lib_for(ks[0], x, w1, b1, *dws, *pws, *pbs)
-    if lib is None or not all(lib.life_dw_supports(k) for k in ks) or _blas_sgemm() is None:
+    lib = _cascade_lib(ks, widths, x, w1, b1, *dws, *pws, *pbs)
+    if lib is None:
         return None
     B, N = x.shape[:2]
     out = x.new_empty(B, N, 3, sum(widths))
     dws, pws, pbs = ([None if t is None else t.contiguous() for t in ts] for ts in (dws, pws, pbs))
     w1c, b1c = (None if t is None else t.contiguous() for t in (w1, b1))
     S, dim = len(widths), x.shape[-1]
-    tile = max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
+    tile = _tile(N, widths)
     with _as_operator("lifevit::life_scales"):
         rc = lib.life_cascade(
             x.data_ptr(), x.stride(0), x.stride(1), dim, None if w1c is None else w1c.data_ptr(),
@@ -401,11 +415,9 @@ def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, wid
     2..S (contiguous; ``g_pbs[s]`` None where ``has_bias[s]`` is false). Tile by tile in cache, as the forward pass;
     the depthwise convolutions recomputed from ``out``."""
     ks = [w.shape[-1] for w in dws]
-    if not 1 < len(widths) <= 8 or torch.is_autocast_enabled("cpu"):
-        return None
     out, g = out.contiguous(), g.contiguous()  # g may be expanded (the gradient of a sum)
-    lib = _lib_for(ks[0], out, g, *dws, *pws)
-    if lib is None or not all(lib.life_dw_supports(k) for k in ks) or _blas_sgemm() is None:
+    lib = _cascade_lib(ks, widths, out, g, *dws, *pws)
+    if lib is None:
         return None
     B, N = out.shape[:2]
     dws, pws = [w.contiguous() for w in dws], [w.contiguous() for w in pws]
@@ -414,7 +426,7 @@ def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, wid
     g_pws = [out.new_empty(w.shape) for w in pws]
     g_pbs = [out.new_empty(w.shape[0]) if b else None for w, b in zip(pws, has_bias)]
     S = len(widths)
-    tile = max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
+    tile = _tile(N, widths)
     with _as_operator("lifevit::life_scales_backward"):
         rc = lib.life_cascade_backward(
             out.data_ptr(), g.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks), _ptrs(dws),

@@ -373,6 +373,28 @@ static void to_slot(const float *y, long n, int c, float *o, int D) {
         for (int g = 0; g < 3; g++) memcpy(o + (r * 3 + g) * D, y + r * 3 * c + g * c, sizeof(float) * c);
 }
 
+/* A cascade's shapes, checked: the widths' sum D, the largest width cmax, each scale's offset in a slot row offs[s];
+   and for conv s = 1 .. S - 1 (it reads scale s - 1: 3 groups of c_{s-1} channels) its geometry geo[s] and the
+   floats of its padded image pad_n[s]; *rows: the longest padded row of any conv. 0 if the kernel takes them. */
+static int cascade_shapes(int S, const int *widths, const int *ks, int B, int N, int P, int H, int W, int *D, int *cmax,
+                          int *offs, geom_t *geo, size_t *pad_n, size_t *rows) {
+    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W) return 1;
+    *D = *cmax = 0;
+    *rows = 0;
+    for (int s = 0; s < S; s++) {
+        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
+        offs[s] = *D;
+        *D += widths[s];
+        *cmax = widths[s] > *cmax ? widths[s] : *cmax;
+        if (s) {
+            geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
+            pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
+            *rows = (size_t)geo[s].Wp * geo[s].Cp > *rows ? (size_t)geo[s].Wp * geo[s].Cp : *rows;
+        }
+    }
+    return 0;
+}
+
 /* Returns 0 on success. x: (B, N, dim) with batch stride xsb, token stride xst (y_1 (B, N, 3 c_1) when w1 is NULL);
    w1 (3 c_1, dim), b1 (3 c_1) or NULL; S scales of widths c_1 ... c_S (sum D), kernels ks[0 .. S - 2]; dws[s]
    (3 c_{s+1}, 1, k, k) the depthwise weights, pws[s] (3 c_{s+2}, 3 c_{s+1}) the pointwise ones, pbs[s] their biases or
@@ -381,35 +403,26 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
                  const int *widths, const int *ks, const float *const *dws, const float *const *pws,
                  const float *const *pbs, float *out, int B, int N, int P, int H, int W, int tile, void *sgemm_fn,
                  int threads) {
-    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W || !sgemm_fn) return 1;
+    int D, cmax, offs[8];
+    geom_t geo[8];
+    size_t pad_n[8] = {0}, rows;
+    if (!sgemm_fn || cascade_shapes(S, widths, ks, B, N, P, H, W, &D, &cmax, offs, geo, pad_n, &rows)) return 1;
     if (tile < 1 || xsb != (long)N * xst) tile = 1; /* several images in one projection: their rows equally spaced */
     const sgemm_t sgemm = (sgemm_t)sgemm_fn;
-    int D = 0, cmax = 0;
-    for (int s = 0; s < S; s++) {
-        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
-        D += widths[s];
-        cmax = widths[s] > cmax ? widths[s] : cmax;
-    }
-    geom_t geo[8];
     float *taps[8] = {0};
     int failed = 0;
-    for (int s = 1; s < S; s++) { /* conv s reads scale s - 1: 3 groups of c_{s-1} channels */
-        geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
+    for (int s = 1; s < S; s++) {
         taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, ks[s - 1] * ks[s - 1], 0);
         failed |= !taps[s];
     }
     const int nt = threads_for(threads, B);
     const size_t tn = (size_t)tile * N * 3 * cmax; /* a tile's y or x_s: (tile * N, 3 c) */
+    size_t total = 2 * tn + rows; /* y, x_s, a padded image per conv, a row */
+    for (int s = 1; s < S; s++) total += pad_n[s];
     if (!failed) {
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
         for (int t = 0; t < nt; t++) {
-            size_t pad_n[8] = {0}, total = 2 * tn, rows = 0;
-            for (int s = 1; s < S; s++) {
-                pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
-                total += pad_n[s];
-                rows = (size_t)geo[s].Wp * geo[s].Cp > rows ? (size_t)geo[s].Wp * geo[s].Cp : rows;
-            }
-            float *buf = zeroed(total + rows); /* y, x_s, a padded image per conv, a row */
+            float *buf = zeroed(total);
             if (!buf) {
                 failed = 1;
                 continue;
@@ -428,8 +441,8 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
                     ld = (int)xst;
                 }
                 float *p = xs + tn;
-                for (int s = 1, off = 0; s < S; off += widths[s - 1], p += pad_n[s], s++) {
-                    const int c = widths[s - 1];
+                for (int s = 1; s < S; p += pad_n[s], s++) {
+                    const int c = widths[s - 1], off = offs[s - 1];
                     for (int i = 0; i < nb; i++) {
                         const float *ci = cur + (size_t)i * N * ld;
                         float *ob = out + (size_t)(b0 + i) * N * 3 * D, *xi = xs + (size_t)i * N * 3 * c;
@@ -474,23 +487,18 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
                           const float *const *dws, const float *const *pws, float *gy1, float *const *gdws,
                           float *const *gpws, float *const *gpbs, int B, int N, int P, int H, int W, int tile,
                           void *sgemm_fn, int threads) {
-    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W || !sgemm_fn || tile < 1) return 1;
-    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
-    int D = 0, cmax = 0, offs[8];
-    for (int s = 0; s < S; s++) {
-        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
-        offs[s] = D;
-        D += widths[s];
-        cmax = widths[s] > cmax ? widths[s] : cmax;
-    }
-    const int nt = threads_for(threads, B);
+    int D, cmax, offs[8];
     geom_t geo[8];
+    size_t pad_n[8] = {0}, rows;
+    if (!sgemm_fn || tile < 1 || cascade_shapes(S, widths, ks, B, N, P, H, W, &D, &cmax, offs, geo, pad_n, &rows))
+        return 1;
+    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
+    const int nt = threads_for(threads, B);
     float *taps[8] = {0}, *flips[8] = {0};
     size_t dw_n[8] = {0}, pw_n[8] = {0}, part_n = 0; /* per thread: gw_j (k * k, C), gP_j, gp_j */
     int failed = 0;
     for (int s = 1; s < S; s++) {
         const int kk = ks[s - 1] * ks[s - 1];
-        geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
         taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 0);
         flips[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 1);
         failed |= !taps[s] || !flips[s];
@@ -501,16 +509,12 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
     float *parts = failed ? NULL : zeroed(part_n * nt);
     failed |= !parts;
     const size_t tn = (size_t)tile * N * 3 * cmax;
+    size_t total = 3 * tn + rows; /* gy, gx, x_j, two padded images per conv (y, gx), a row */
+    for (int s = 1; s < S; s++) total += 2 * pad_n[s];
     if (!failed) {
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
         for (int t = 0; t < nt; t++) {
-            size_t pad_n[8] = {0}, total = 3 * tn, rows = 0;
-            for (int s = 1; s < S; s++) {
-                pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
-                total += 2 * pad_n[s];
-                rows = (size_t)geo[s].Wp * geo[s].Cp > rows ? (size_t)geo[s].Wp * geo[s].Cp : rows;
-            }
-            float *buf = zeroed(total + rows); /* gy, gx, x_j, two padded images per conv (y, gx), a row */
+            float *buf = zeroed(total);
             if (!buf) {
                 failed = 1;
                 continue;
@@ -543,7 +547,8 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
                         const map_t ym = {out + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D},
                                     xm = {xs + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
                                     gm = {gx + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
-                                    am = {g + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D}, none = {NULL, 0, 0, 0};
+                                    am = {g + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D},
+                                    none = {NULL, 0, 0, 0};
                         from_slot(out + ob + offs[j - 1], P, c, xs + r0, D); /* prefix tokens: x_j = y_{j-1} */
                         for (int r = 0; r < P; r++) /* and their gradient: g's slot + gx */
                             for (int gi = 0; gi < 3; gi++) {
