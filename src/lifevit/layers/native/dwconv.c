@@ -346,11 +346,13 @@ int life_dw_backward(const float *x, long xsb, long xsp, long xsg, const float *
      y_1 = x W_1^T + b_1         (n, 3 c_1)   (or y_1 given, the caller's scale-1 projection, when w1 is NULL)
      x_s = y_{s-1}, its patch tokens through the depthwise conv s (per image; prefix tokens as they are)
      y_s = x_s P_s^T + p_s       (n, 3 c_s)
-   each y_s copied into its slot of out (B, N, 3, D) contiguous, out[b, t, g, off_s : off_s + c_s] (scale s - 1 by
-   the conv while it reads it, the last one at the end). n = tile * N rows. What goes to memory is x (or y_1) read once
-   and out written once; the separate operations write and read every scale's input and output (several times the
-   layer's own bytes) and run 2-3x slower than in cache. The projections are the Fortran BLAS sgemm of the caller
-   (PyTorch's), one single-threaded call per tile on each of our threads. */
+   every y_s kept in cache until the tile's last scale is done, then the tile's rows of out (B, N, 3, D) contiguous
+   written, each row whole: out[b, t, g, off_s : off_s + c_s] for every s. n = tile * N rows. What goes to memory is
+   x (or y_1) read once and out written once, in order (written scale by scale instead, a third of each row's cache
+   lines at a time, out costs about three times its bytes in memory traffic); the separate operations write and read
+   every scale's input and output (several times the layer's own bytes) and run 2-3x slower than in cache. The
+   projections are the Fortran BLAS sgemm of the caller (PyTorch's), one single-threaded call per tile on each of our
+   threads. */
 typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
                         const float *, const int *, const float *, const int *, const float *, float *, const int *);
 
@@ -367,31 +369,118 @@ static void linear_rows(sgemm_t sgemm, const float *a, long lda, long n, long k,
           (const int *)&lda, bias ? &one : &zero, c, (const int *)&ldc);
 }
 
-/* rows [0, n) of y (ld 3 c) into their slot of out, rows o (ld 3 D): o[r, g, 0 : c] = y[r, g * c : (g + 1) * c] */
-static void to_slot(const float *y, long n, int c, float *o, int D) {
-    for (long r = 0; r < n; r++)
-        for (int g = 0; g < 3; g++) memcpy(o + (r * 3 + g) * D, y + r * 3 * c + g * c, sizeof(float) * c);
-}
+/* One cascade call, forward or backward: its arguments, its shapes (cascade_shapes) and what its threads share. */
+typedef struct {
+    int S, B, N, P, H, W, D, cmax, tile, offs[8];
+    const int *widths, *ks;
+    geom_t geo[8];        /* conv s = 1 .. S - 1 (it reads scale s - 1) */
+    size_t pad_n[8], rows; /* floats of conv s's padded image; of the longest padded row */
+    size_t tn;            /* floats of one tile's scale, (tile * N, 3 cmax) */
+    float *taps[8], *flips[8];
+    sgemm_t sgemm;
+    const float *const *pws, *const *pbs;
+    /* forward */
+    const float *x, *w1, *b1;
+    long xsb, xst;
+    int dim;
+    float *out;
+    /* backward */
+    const float *y, *g; /* the forward's out and its gradient */
+    float *gy1, *parts;
+    size_t part_n, dw_n[8], pw_n[8];
+} cascade_t;
 
-/* A cascade's shapes, checked: the widths' sum D, the largest width cmax, each scale's offset in a slot row offs[s];
-   and for conv s = 1 .. S - 1 (it reads scale s - 1: 3 groups of c_{s-1} channels) its geometry geo[s] and the
-   floats of its padded image pad_n[s]; *rows: the longest padded row of any conv. 0 if the kernel takes them. */
-static int cascade_shapes(int S, const int *widths, const int *ks, int B, int N, int P, int H, int W, int *D, int *cmax,
-                          int *offs, geom_t *geo, size_t *pad_n, size_t *rows) {
-    if (S < 2 || S > 8 || B < 1 || H < 1 || W < 1 || P < 0 || N != P + H * W) return 1;
-    *D = *cmax = 0;
-    *rows = 0;
+/* A cascade's shapes into c, checked: the widths' sum D, the largest width cmax, each scale's offset in a slot row
+   offs[s], and for conv s its geometry geo[s], the floats of its padded image pad_n[s]; rows: the longest padded row of
+   any conv. 0 if the kernel takes them. */
+static int cascade_shapes(cascade_t *c) {
+    const int S = c->S;
+    if (S < 2 || S > 8 || c->B < 1 || c->P < 0 || c->tile < 1) return 1;
+    const int H = c->H, W = c->W;
+    if (H < 1 || W < 1 || c->N != c->P + H * W) return 1;
+    c->D = c->cmax = 0;
+    c->rows = 0;
     for (int s = 0; s < S; s++) {
-        if (widths[s] < 1 || (s && !life_dw_supports(ks[s - 1]))) return 1;
-        offs[s] = *D;
-        *D += widths[s];
-        *cmax = widths[s] > *cmax ? widths[s] : *cmax;
+        if (c->widths[s] < 1 || (s && !life_dw_supports(c->ks[s - 1]))) return 1;
+        c->offs[s] = c->D;
+        c->D += c->widths[s];
+        c->cmax = c->widths[s] > c->cmax ? c->widths[s] : c->cmax;
         if (s) {
-            geo[s] = geometry(1, H, W, 3, widths[s - 1], ks[s - 1]);
-            pad_n[s] = (size_t)(H + geo[s].k - 1) * geo[s].Wp * geo[s].Cp;
-            *rows = (size_t)geo[s].Wp * geo[s].Cp > *rows ? (size_t)geo[s].Wp * geo[s].Cp : *rows;
+            c->geo[s] = geometry(1, H, W, 3, c->widths[s - 1], c->ks[s - 1]);
+            const geom_t *g = &c->geo[s];
+            c->pad_n[s] = (size_t)(H + g->k - 1) * g->Wp * g->Cp;
+            c->rows = (size_t)g->Wp * g->Cp > c->rows ? (size_t)g->Wp * g->Cp : c->rows;
         }
     }
+    c->tn = (size_t)c->tile * c->N * 3 * c->cmax;
+    return 0;
+}
+
+/* Run body(c, t, nt) for t = 0 .. nt - 1 on nt threads; on the calling thread alone when nt is 1, outside any parallel
+   region: inside even a one-thread region MKL's own threads are started anew, several times the work of a small
+   projection (a batch of one image: 2.4 against 0.6 ms a layer). Returns the bodies' failures or-ed. */
+static int run_threads(int (*body)(const cascade_t *, int, int), const cascade_t *c, int nt) {
+    if (nt == 1) return body(c, 0, 1);
+    int failed = 0;
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
+    for (int t = 0; t < nt; t++) failed |= body(c, t, nt);
+    return failed;
+}
+
+/* rows [0, n) of a tile, each row whole: o[r, g, off_s : off_s + c_s] = ys[s][r, g * c_s : (g + 1) * c_s] for every
+   scale s (ys[s]: rows of lds[s] floats; o: rows of 3 D) */
+static void to_rows(const cascade_t *c, const float *const *ys, const long *lds, long n, float *o) {
+    for (long r = 0; r < n; r++, o += 3 * c->D)
+        for (int g = 0; g < 3; g++)
+            for (int s = 0; s < c->S; s++)
+                memcpy(o + g * c->D + c->offs[s], ys[s] + r * lds[s] + g * c->widths[s], sizeof(float) * c->widths[s]);
+}
+
+/* the other way round, scales 0 .. S' - 1 of rows [0, n) of o into dense ys[s] (rows of 3 c_s) */
+static void from_rows(const cascade_t *c, const float *o, long n, int S, float *const *ys) {
+    for (long r = 0; r < n; r++, o += 3 * c->D)
+        for (int g = 0; g < 3; g++)
+            for (int s = 0; s < S; s++)
+                memcpy(ys[s] + (r * 3 + g) * c->widths[s], o + g * c->D + c->offs[s], sizeof(float) * c->widths[s]);
+}
+
+/* thread t's images of life_cascade: buffers y_1 .. y_S, x_s, a padded image per conv, a row */
+static int forward_images(const cascade_t *c, int t, int nt) {
+    const int S = c->S, N = c->N, P = c->P;
+    size_t total = (S + 1) * c->tn + c->rows;
+    for (int s = 1; s < S; s++) total += c->pad_n[s];
+    float *buf = zeroed(total);
+    if (!buf) return 1;
+    float *xs = buf + S * c->tn, *pad = xs + c->tn, *row = pad;
+    for (int s = 1; s < S; s++) row += c->pad_n[s];
+    const int b_end = (int)((long)c->B * (t + 1) / nt);
+    for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
+        const int nb = b_end - b0 < c->tile ? b_end - b0 : c->tile, n = nb * N;
+        const float *ys[8]; /* scale s of the tile's images, rows of lds[s] floats */
+        long lds[8];
+        for (int s = 0; s < S; s++) ys[s] = buf + s * c->tn, lds[s] = 3 * c->widths[s];
+        if (c->w1)
+            linear_rows(c->sgemm, c->x + b0 * c->xsb, c->xst, n, c->dim, c->w1, c->b1, lds[0], buf, lds[0]);
+        else /* y_1 given: read in place */
+            ys[0] = c->x + b0 * c->xsb, lds[0] = c->xst;
+        float *p = pad;
+        for (int s = 1; s < S; p += c->pad_n[s], s++) {
+            const int cs = c->widths[s - 1];
+            for (int i = 0; i < nb; i++) {
+                const float *ci = ys[s - 1] + (size_t)i * N * lds[s - 1];
+                float *xi = xs + (size_t)i * N * 3 * cs;
+                const map_t src = {ci + (size_t)P * lds[s - 1], 0, lds[s - 1], cs},
+                            dst = {xi + (size_t)P * 3 * cs, 0, 3 * cs, cs}, none = {NULL, 0, 0, 0};
+                for (int r = 0; r < P; r++) /* prefix tokens skip the conv */
+                    memcpy(xi + (size_t)r * 3 * cs, ci + (size_t)r * lds[s - 1], sizeof(float) * 3 * cs);
+                fill_pad(&c->geo[s], &src, 0, p, &none);
+                conv_image(&c->geo[s], p, c->taps[s], row, &dst, &none, 0);
+            }
+            linear_rows(c->sgemm, xs, 3 * cs, n, 3 * cs, c->pws[s - 1], c->pbs[s - 1], lds[s], buf + s * c->tn, lds[s]);
+        }
+        to_rows(c, ys, lds, n, c->out + (size_t)b0 * N * 3 * c->D);
+    }
+    free(buf);
     return 0;
 }
 
@@ -403,203 +492,139 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
                  const int *widths, const int *ks, const float *const *dws, const float *const *pws,
                  const float *const *pbs, float *out, int B, int N, int P, int H, int W, int tile, void *sgemm_fn,
                  int threads) {
-    int D, cmax, offs[8];
-    geom_t geo[8];
-    size_t pad_n[8] = {0}, rows;
-    if (!sgemm_fn || cascade_shapes(S, widths, ks, B, N, P, H, W, &D, &cmax, offs, geo, pad_n, &rows)) return 1;
     if (tile < 1 || xsb != (long)N * xst) tile = 1; /* several images in one projection: their rows equally spaced */
-    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
-    float *taps[8] = {0};
+    cascade_t c = {.S = S, .B = B, .N = N, .P = P, .H = H, .W = W, .tile = tile, .widths = widths, .ks = ks,
+                   .sgemm = (sgemm_t)sgemm_fn, .pws = pws, .pbs = pbs, .x = x, .w1 = w1, .b1 = b1, .xsb = xsb,
+                   .xst = xst, .dim = dim, .out = out};
+    if (!sgemm_fn || cascade_shapes(&c)) return 1;
     int failed = 0;
     for (int s = 1; s < S; s++) {
-        taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, ks[s - 1] * ks[s - 1], 0);
-        failed |= !taps[s];
+        c.taps[s] = tap_major(dws[s - 1], c.geo[s].C, c.geo[s].Cp, ks[s - 1] * ks[s - 1], 0);
+        failed |= !c.taps[s];
     }
-    const int nt = threads_for(threads, B);
-    const size_t tn = (size_t)tile * N * 3 * cmax; /* a tile's y or x_s: (tile * N, 3 c) */
-    size_t total = 2 * tn + rows; /* y, x_s, a padded image per conv, a row */
-    for (int s = 1; s < S; s++) total += pad_n[s];
-    if (!failed) {
-#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
-        for (int t = 0; t < nt; t++) {
-            float *buf = zeroed(total);
-            if (!buf) {
-                failed = 1;
-                continue;
-            }
-            float *y = buf, *xs = y + tn, *row = xs + tn;
-            for (int s = 1; s < S; s++) row += pad_n[s];
-            const int b_end = (int)((long)B * (t + 1) / nt);
-            for (int b0 = (int)((long)B * t / nt); b0 < b_end; b0 += tile) {
-                const int nb = b_end - b0 < tile ? b_end - b0 : tile, n = nb * N;
-                const float *cur = y; /* scale s of the tile's images, rows of ld floats */
-                int ld = 3 * widths[0];
-                if (w1) {
-                    linear_rows(sgemm, x + b0 * xsb, xst, n, dim, w1, b1, ld, y, ld);
-                } else {
-                    cur = x + b0 * xsb;
-                    ld = (int)xst;
-                }
-                float *p = xs + tn;
-                for (int s = 1; s < S; p += pad_n[s], s++) {
-                    const int c = widths[s - 1], off = offs[s - 1];
-                    for (int i = 0; i < nb; i++) {
-                        const float *ci = cur + (size_t)i * N * ld;
-                        float *ob = out + (size_t)(b0 + i) * N * 3 * D, *xi = xs + (size_t)i * N * 3 * c;
-                        const map_t src = {ci + (size_t)P * ld, 0, ld, c}, dst = {xi + (size_t)P * 3 * c, 0, 3 * c, c},
-                                    slot = {ob + (size_t)P * 3 * D + off, 0, 3 * D, D}, none = {NULL, 0, 0, 0};
-                        for (int r = 0; r < P; r++) { /* prefix tokens skip the conv: into the slot and x_s */
-                            memcpy(xi + (size_t)r * 3 * c, ci + (size_t)r * ld, sizeof(float) * 3 * c);
-                            to_slot(ci + (size_t)r * ld, 1, c, ob + (size_t)r * 3 * D + off, D);
-                        }
-                        fill_pad(&geo[s], &src, 0, p, &slot); /* the patch tokens, copied into the slot on the way */
-                        conv_image(&geo[s], p, taps[s], row, &dst, &none, 0);
-                    }
-                    linear_rows(sgemm, xs, 3 * c, n, 3 * c, pws[s - 1], pbs[s - 1], 3 * widths[s], y, 3 * widths[s]);
-                    cur = y;
-                    ld = 3 * widths[s];
-                }
-                const int c = widths[S - 1]; /* the last scale */
-                to_slot(y, n, c, out + (size_t)b0 * N * 3 * D + D - c, D);
-            }
-            free(buf);
-        }
-    }
-    for (int s = 1; s < S; s++) free(taps[s]);
+    if (!failed) failed = run_threads(forward_images, &c, threads_for(threads, B));
+    for (int s = 1; s < S; s++) free(c.taps[s]);
     return failed ? 3 : 0;
 }
 
-/* rows [0, n) of a slot of out (rows o, ld 3 D) into y (ld 3 c), the other way round from to_slot */
-static void from_slot(const float *o, long n, int c, float *y, int D) {
-    for (long r = 0; r < n; r++)
-        for (int g = 0; g < 3; g++) memcpy(y + r * 3 * c + g * c, o + (r * 3 + g) * D, sizeof(float) * c);
+/* thread t's images of life_cascade_backward, its weight gradient sums into its part of c->parts: buffers y_1 ..
+   y_{S-1} (the convs' inputs, from out), g_1 .. g_S (g's scales, each turned into the gradient reaching that scale in
+   place), gx, x_j, two padded images per conv (y, gx), a row */
+static int backward_images(const cascade_t *c, int t, int nt) {
+    const int S = c->S, N = c->N, P = c->P;
+    size_t total = (2 * S + 1) * c->tn + c->rows;
+    for (int s = 1; s < S; s++) total += 2 * c->pad_n[s];
+    float *buf = zeroed(total);
+    if (!buf) return 1;
+    float *ys[8], *gs[8];
+    for (int s = 0; s < S - 1; s++) ys[s] = buf + s * c->tn;
+    for (int s = 0; s < S; s++) gs[s] = buf + (S - 1 + s) * c->tn;
+    float *gx = buf + (2 * S - 1) * c->tn, *xs = gx + c->tn, *pad_y = xs + c->tn, *row = pad_y;
+    for (int s = 1; s < S; s++) row += 2 * c->pad_n[s];
+    float *part = c->parts + c->part_n * t, *gw[8], *gP[8], *gp[8];
+    for (int s = 1; s < S; s++) {
+        gw[s] = part, gP[s] = gw[s] + c->dw_n[s], gp[s] = gP[s] + c->pw_n[s];
+        part = gp[s] + 3 * c->widths[s];
+    }
+    const int b_end = (int)((long)c->B * (t + 1) / nt);
+    for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
+        const int nb = b_end - b0 < c->tile ? b_end - b0 : c->tile, n = nb * N;
+        const size_t base = (size_t)b0 * N * 3 * c->D; /* the tile's first row of out and g */
+        from_rows(c, c->y + base, n, S - 1, ys);          /* each read once, in order */
+        from_rows(c, c->g + base, n, S, gs);
+        float *p = pad_y;
+        for (int s = 1; s < S; s++) p += 2 * c->pad_n[s];
+        for (int j = S - 1; j >= 1; j--) {
+            const int cs = c->widths[j - 1], c2 = c->widths[j]; /* x_j: 3 cs channels; y_j: 3 c2 */
+            const float one = 1, zero = 0, *gy = gs[j]; /* the gradient reaching y_j, (n, 3 c2) */
+            const long m_ = 3 * cs, n_ = n, k_ = 3 * c2;
+            p -= 2 * c->pad_n[j];
+            float *pad_g = p + c->pad_n[j];
+            /* gx (n, 3 cs) = gy (n, 3 c2) P_j (3 c2, 3 cs); column-major: gx^T = P_j^T gy^T */
+            c->sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, c->pws[j - 1],
+                     (const int *)&m_, gy, (const int *)&k_, &zero, gx, (const int *)&m_);
+            for (int i = 0; i < nb; i++) {
+                const size_t r0 = (size_t)i * N * 3 * cs, pr = (size_t)P * 3 * cs;
+                const map_t ym = {ys[j - 1] + r0 + pr, 0, 3 * cs, cs}, xm = {xs + r0 + pr, 0, 3 * cs, cs},
+                            gm = {gx + r0 + pr, 0, 3 * cs, cs}, am = {gs[j - 1] + r0 + pr, 0, 3 * cs, cs},
+                            none = {NULL, 0, 0, 0};
+                memcpy(xs + r0, ys[j - 1] + r0, sizeof(float) * pr); /* prefix tokens: x_j = y_{j-1} */
+                for (size_t q = 0; q < pr; q++) gs[j - 1][r0 + q] += gx[r0 + q]; /* and their gradient */
+                fill_pad(&c->geo[j], &ym, 0, p, &none);
+                conv_image(&c->geo[j], p, c->taps[j], row, &xm, &none, 0); /* x_j's patch tokens */
+                fill_pad(&c->geo[j], &gm, 0, pad_g, &none);
+                wgrad_image(&c->geo[j], p, &gm, 0, gw[j]);
+                conv_image(&c->geo[j], pad_g, c->flips[j], row, &am, &am, 0); /* gy_{j-1}, added to g's in place */
+            }
+            /* gP_j (3 c2, 3 cs) += gy^T x_j; column-major: gP^T (3 cs, 3 c2) += x_j^T gy */
+            c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_, gy,
+                     (const int *)&k_, &one, gP[j], (const int *)&m_);
+            for (int r = 0; r < n; r++)
+                for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * 3 * c2 + q];
+        }
+        memcpy(c->gy1 + (size_t)b0 * N * 3 * c->widths[0], gs[0], sizeof(float) * n * 3 * c->widths[0]);
+    }
+    free(buf);
+    return 0;
 }
 
 /* The backward pass of life_cascade from y_1 on, tile by tile in cache as well. out (B, N, 3, D) is the forward
-   result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient. For scale j = S .. 2 of a tile:
+   result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient; the tile's rows of both are
+   read once, in order, into dense scales. For scale j = S .. 2 of a tile:
      gx    = gy_j P_j                                  the gradient at the projection's input x_j (n, 3 c_{j-1})
      x_j   = y_{j-1} with its patch tokens through conv j again (recomputed from out)
      gP_j += gy_j^T x_j, gp_j += the column sums of gy_j, gw_j += the conv's weight gradient for gx's patch tokens
-     gy_{j-1} = g's slot of scale j - 1 + gx (prefix tokens) or the flipped conv of gx (patch tokens)
+     gy_{j-1} = g's scale j - 1 + gx (prefix tokens) or the flipped conv of gx (patch tokens)
    and gy_1 goes to gy1 (B, N, 3 c_1) contiguous. Weight gradients: each thread's sums, added in a fixed order.
    gdws[s] (3 c_{s+1}, k * k), gpws[s] like pws[s], gpbs[s] (3 c_{s+2}) or NULL. Returns 0 on success. */
 int life_cascade_backward(const float *out, const float *g, int S, const int *widths, const int *ks,
                           const float *const *dws, const float *const *pws, float *gy1, float *const *gdws,
                           float *const *gpws, float *const *gpbs, int B, int N, int P, int H, int W, int tile,
                           void *sgemm_fn, int threads) {
-    int D, cmax, offs[8];
-    geom_t geo[8];
-    size_t pad_n[8] = {0}, rows;
-    if (!sgemm_fn || tile < 1 || cascade_shapes(S, widths, ks, B, N, P, H, W, &D, &cmax, offs, geo, pad_n, &rows))
-        return 1;
-    const sgemm_t sgemm = (sgemm_t)sgemm_fn;
+    cascade_t c = {.S = S, .B = B, .N = N, .P = P, .H = H, .W = W, .tile = tile, .widths = widths, .ks = ks,
+                   .sgemm = (sgemm_t)sgemm_fn, .pws = pws, .y = out, .g = g, .gy1 = gy1};
+    if (!sgemm_fn || cascade_shapes(&c)) return 1;
     const int nt = threads_for(threads, B);
-    float *taps[8] = {0}, *flips[8] = {0};
-    size_t dw_n[8] = {0}, pw_n[8] = {0}, part_n = 0; /* per thread: gw_j (k * k, C), gP_j, gp_j */
     int failed = 0;
-    for (int s = 1; s < S; s++) {
+    for (int s = 1; s < S; s++) { /* per thread: gw_j (k * k, C), gP_j, gp_j */
         const int kk = ks[s - 1] * ks[s - 1];
-        taps[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 0);
-        flips[s] = tap_major(dws[s - 1], geo[s].C, geo[s].Cp, kk, 1);
-        failed |= !taps[s] || !flips[s];
-        dw_n[s] = (size_t)kk * geo[s].C;
-        pw_n[s] = (size_t)9 * widths[s] * widths[s - 1];
-        part_n += dw_n[s] + pw_n[s] + (size_t)3 * widths[s];
+        c.taps[s] = tap_major(dws[s - 1], c.geo[s].C, c.geo[s].Cp, kk, 0);
+        c.flips[s] = tap_major(dws[s - 1], c.geo[s].C, c.geo[s].Cp, kk, 1);
+        failed |= !c.taps[s] || !c.flips[s];
+        c.dw_n[s] = (size_t)kk * c.geo[s].C;
+        c.pw_n[s] = (size_t)9 * widths[s] * widths[s - 1];
+        c.part_n += c.dw_n[s] + c.pw_n[s] + (size_t)3 * widths[s];
     }
-    float *parts = failed ? NULL : zeroed(part_n * nt);
-    failed |= !parts;
-    const size_t tn = (size_t)tile * N * 3 * cmax;
-    size_t total = 3 * tn + rows; /* gy, gx, x_j, two padded images per conv (y, gx), a row */
-    for (int s = 1; s < S; s++) total += 2 * pad_n[s];
-    if (!failed) {
-#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : failed)
-        for (int t = 0; t < nt; t++) {
-            float *buf = zeroed(total);
-            if (!buf) {
-                failed = 1;
-                continue;
-            }
-            float *gy = buf, *gx = gy + tn, *xs = gx + tn, *row = xs + tn;
-            for (int s = 1; s < S; s++) row += 2 * pad_n[s];
-            float *part = parts + part_n * t, *gw[8], *gP[8], *gp[8];
-            for (int s = 1; s < S; s++) {
-                gw[s] = part, gP[s] = gw[s] + dw_n[s], gp[s] = gP[s] + pw_n[s];
-                part = gp[s] + 3 * widths[s];
-            }
-            const int b_end = (int)((long)B * (t + 1) / nt);
-            for (int b0 = (int)((long)B * t / nt); b0 < b_end; b0 += tile) {
-                const int nb = b_end - b0 < tile ? b_end - b0 : tile, n = nb * N;
-                const size_t base = (size_t)b0 * N * 3 * D; /* the tile's first row of out and g */
-                from_slot(g + base + offs[S - 1], n, widths[S - 1], gy, D);
-                float *pad_y = xs + tn;
-                for (int s = 1; s < S; s++) pad_y += 2 * pad_n[s];
-                for (int j = S - 1; j >= 1; j--) {
-                    const int c = widths[j - 1], c2 = widths[j]; /* x_j: 3 c channels; y_j: 3 c2 */
-                    const float one = 1, zero = 0;
-                    const long m_ = 3 * c, n_ = n, k_ = 3 * c2;
-                    pad_y -= 2 * pad_n[j];
-                    float *pad_g = pad_y + pad_n[j];
-                    /* gx (n, 3 c) = gy (n, 3 c2) P_j (3 c2, 3 c); column-major: gx^T = P_j^T gy^T */
-                    sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, pws[j - 1],
-                          (const int *)&m_, gy, (const int *)&k_, &zero, gx, (const int *)&m_);
-                    for (int i = 0; i < nb; i++) {
-                        const size_t ob = base + (size_t)i * N * 3 * D, r0 = (size_t)i * N * 3 * c;
-                        const map_t ym = {out + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D},
-                                    xm = {xs + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
-                                    gm = {gx + r0 + (size_t)P * 3 * c, 0, 3 * c, c},
-                                    am = {g + ob + (size_t)P * 3 * D + offs[j - 1], 0, 3 * D, D},
-                                    none = {NULL, 0, 0, 0};
-                        from_slot(out + ob + offs[j - 1], P, c, xs + r0, D); /* prefix tokens: x_j = y_{j-1} */
-                        for (int r = 0; r < P; r++) /* and their gradient: g's slot + gx */
-                            for (int gi = 0; gi < 3; gi++) {
-                                float *d = gx + r0 + (size_t)r * 3 * c + gi * c;
-                                const float *a = g + ob + ((size_t)r * 3 + gi) * D + offs[j - 1];
-                                for (int q = 0; q < c; q++) d[q] += a[q];
-                            }
-                        fill_pad(&geo[j], &ym, 0, pad_y, &none);
-                        conv_image(&geo[j], pad_y, taps[j], row, &xm, &none, 0); /* x_j's patch tokens */
-                        fill_pad(&geo[j], &gm, 0, pad_g, &none);
-                        wgrad_image(&geo[j], pad_y, &gm, 0, gw[j]);
-                        conv_image(&geo[j], pad_g, flips[j], row, &gm, &am, 0); /* gy_{j-1}, over gx in place */
-                    }
-                    /* gP_j (3 c2, 3 c) += gy^T x_j; column-major: gP^T (3 c, 3 c2) += x_j^T gy */
-                    sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_,
-                          gy, (const int *)&k_, &one, gP[j], (const int *)&m_);
-                    for (int r = 0; r < n; r++)
-                        for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * 3 * c2 + q];
-                    float *tmp = gy; /* gx holds gy_{j-1} now */
-                    gy = gx, gx = tmp;
-                }
-                memcpy(gy1 + (size_t)b0 * N * 3 * widths[0], gy, sizeof(float) * n * 3 * widths[0]);
-            }
-            free(buf);
-        }
-    }
+    c.parts = failed ? NULL : zeroed(c.part_n * nt);
+    failed |= !c.parts;
+    if (!failed) failed = run_threads(backward_images, &c, nt);
+    const float *parts = c.parts;
     if (!failed) /* the threads' sums in a fixed order */
         for (int s = 1; s < S; s++) {
             size_t off = 0;
-            for (int q = 1; q < s; q++) off += dw_n[q] + pw_n[q] + (size_t)3 * widths[q];
-            float *tmp = malloc(sizeof(float) * dw_n[s] * nt);
+            for (int q = 1; q < s; q++) off += c.dw_n[q] + c.pw_n[q] + (size_t)3 * widths[q];
+            float *tmp = malloc(sizeof(float) * c.dw_n[s] * nt);
             if (!tmp) {
                 failed = 1;
                 break;
             }
-            for (int t = 0; t < nt; t++) memcpy(tmp + dw_n[s] * t, parts + part_n * t + off, sizeof(float) * dw_n[s]);
-            sum_parts(&geo[s], tmp, nt, gdws[s - 1]);
+            for (int t = 0; t < nt; t++)
+                memcpy(tmp + c.dw_n[s] * t, parts + c.part_n * t + off, sizeof(float) * c.dw_n[s]);
+            sum_parts(&c.geo[s], tmp, nt, gdws[s - 1]);
             free(tmp);
-            for (size_t q = 0; q < pw_n[s]; q++) { /* column-major gP^T (3 c, 3 c2): gP (3 c2, 3 c) row-major */
+            for (size_t q = 0; q < c.pw_n[s]; q++) { /* column-major gP^T (3 c, 3 c2): gP (3 c2, 3 c) row-major */
                 float sum = 0;
-                for (int t = 0; t < nt; t++) sum += parts[part_n * t + off + dw_n[s] + q];
+                for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + off + c.dw_n[s] + q];
                 gpws[s - 1][q] = sum;
             }
             if (gpbs[s - 1])
                 for (int q = 0; q < 3 * widths[s]; q++) {
                     float sum = 0;
-                    for (int t = 0; t < nt; t++) sum += parts[part_n * t + off + dw_n[s] + pw_n[s] + q];
+                    for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + off + c.dw_n[s] + c.pw_n[s] + q];
                     gpbs[s - 1][q] = sum;
                 }
         }
-    free(parts);
-    for (int s = 1; s < S; s++) free(taps[s]), free(flips[s]);
+    free(c.parts);
+    for (int s = 1; s < S; s++) free(c.taps[s]), free(c.flips[s]);
     return failed ? 3 : 0;
 }
