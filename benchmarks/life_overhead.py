@@ -387,10 +387,20 @@ def breakdown(args, row: str, mode: str, steps: int = 3) -> List[Dict[str, float
 
 
 def _cpu_name() -> str:
+    """The CPU's model name, with its family / model numbers and L2 size where Linux gives them: two VMs that both
+    say "Intel(R) Xeon(R) Processor" can be different generations with different caches (and ratios)."""
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return names[0] if names else platform.processor() or "cpu"
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        name = info.get("model name") or platform.processor() or "cpu"
+        extra = []
+        if "cpu family" in info and "model" in info:
+            extra.append(f"family {info['cpu family']} model {info['model']}")
+        l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
+        if l2.is_file():
+            extra.append(f"L2 {l2.read_text().strip()} per core")
+        return f"{name} ({', '.join(extra)})" if extra else name
     except OSError:
         return platform.processor() or "cpu"
 
@@ -472,10 +482,12 @@ def main() -> None:
         old = json.loads(out.read_text())
         key = lambda r: (r["row"], r["way"], r["mode"])  # noqa: E731
         new = {key(r) for r in rows}
-        rows = [r for r in old["rows"] if key(r) not in new] + rows
-        meta = dict(old["meta"], updates=[*old["meta"].get("updates", []), meta])
+        kept = [r for r in old["rows"] if key(r) not in new]
+        if kept:  # this run's meta beside the one of the run that measured the rows kept
+            meta = dict(old["meta"], updates=[*old["meta"].get("updates", []), meta])
+        rows = kept + rows
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out} in {meta['seconds']} s")
+    print(f"wrote {out} in {round(time.time() - start)} s")
 
 
 if __name__ == "__main__":
