@@ -148,6 +148,27 @@ def test_gradients_match_double_precision(monkeypatch):
         torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_padded_projections_spread_no_nan(training, monkeypatch):
+    """Odd widths (64 -> 22, 21, 21: rows of 66 and 63 floats) run padded matmuls with zero weight columns; what
+    lies in the padding must not reach the result: a NaN token gives NaNs exactly where the separate operations do."""
+    layer = make(64, (3, 5), 1, True, True, (5, 5))
+    x = torch.randn(3, 26, 64)
+    x[1, 7, 5] = float("nan")  # a patch token of the second image
+    x[2, 0, 0] = float("inf")  # the third image's class token
+    with monkeypatch.context() as m, torch.set_grad_enabled(training):
+        separate(m)
+        expected = layer(x.clone().requires_grad_(training)).detach()
+    count = calls(monkeypatch)
+    with torch.set_grad_enabled(training):
+        got = layer(x.clone().requires_grad_(training)).detach()
+    assert count["forward"] == 1
+    assert expected.isnan().any() and not expected[0].isnan().any()
+    assert torch.equal(got.isnan(), expected.isnan())
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
+
+
 def test_same_result_every_call():
     layer = make(48, (3, 5), 1, False, True, (4, 4))
     x = torch.randn(4, 17, 48)
