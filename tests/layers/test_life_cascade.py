@@ -169,6 +169,33 @@ def test_padded_projections_spread_no_nan(training, monkeypatch):
     torch.testing.assert_close(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
 
 
+def test_padded_backward_spreads_no_nan(monkeypatch):
+    """The backward pass's padded matmuls: a NaN in the output gradient gives NaNs exactly where the separate
+    operations' gradients have them, and the same finite values elsewhere."""
+    layer = make(64, (3, 5), 1, True, True, (5, 5))
+    x0 = torch.randn(3, 26, 64)
+
+    def grads():
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        out = layer(x)
+        g = torch.linspace(-1, 1, out.numel()).view(out.shape).clone()
+        g[1, 9, 2 * 64 + 5] = float("nan")  # one value of the second image's gradient, in scale 1's part of v
+        out.backward(g)
+        return [x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+    with monkeypatch.context() as m:
+        separate(m)
+        expected = grads()
+    count = calls(monkeypatch)
+    got = grads()
+    assert count == {"forward": 1, "backward": 1}
+    assert expected[0].isnan().any() and not expected[0][0].isnan().any()
+    for a, b in zip(got, expected):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a[b.isfinite()], b[b.isfinite()], rtol=1e-4, atol=1e-4)
+
+
 def test_same_result_every_call():
     layer = make(48, (3, 5), 1, False, True, (4, 4))
     x = torch.randn(4, 17, 48)

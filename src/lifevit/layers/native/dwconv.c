@@ -452,12 +452,13 @@ static void to_rows(const cascade_t *c, const float *const *ys, const long *lds,
                 memcpy(o + g * c->D + c->offs[s], ys[s] + r * lds[s] + g * c->widths[s], sizeof(float) * c->widths[s]);
 }
 
-/* the other way round, scales 0 .. S' - 1 of rows [0, n) of o into dense ys[s] (rows of 3 c_s) */
+/* the other way round, scales 0 .. S' - 1 of rows [0, n) of o into ys[s] (rows of ld[s] floats, 3 c_s of them set) */
 static void from_rows(const cascade_t *c, const float *o, long n, int S, float *const *ys) {
     for (long r = 0; r < n; r++, o += 3 * c->D)
         for (int g = 0; g < 3; g++)
             for (int s = 0; s < S; s++)
-                memcpy(ys[s] + (r * 3 + g) * c->widths[s], o + g * c->D + c->offs[s], sizeof(float) * c->widths[s]);
+                memcpy(ys[s] + r * c->ld[s] + g * c->widths[s], o + g * c->D + c->offs[s],
+                       sizeof(float) * c->widths[s]);
 }
 
 /* thread t's images of life_cascade: buffers y_1 .. y_S, x_s, a padded image per conv, a row */
@@ -535,22 +536,29 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
 
 /* thread t's images of life_cascade_backward, its weight gradient sums into its part of c->parts: buffers y_1 ..
    y_{S-1} (the convs' inputs, from out), g_1 .. g_S (g's scales, each turned into the gradient reaching that scale in
-   place), gx, x_j, two padded images per conv (y, gx), a row */
+   place), gx, x_j, two padded images per conv (y, gx), a row; rows of ld[s] floats as in the forward pass (the
+   padded matmuls), where a row is longer than 3 c_s the pointwise weight gradient in a padded sum of its own */
 static int backward_images(const cascade_t *c, int t, int nt) {
     const int S = c->S, N = c->N, P = c->P;
-    size_t total = (2 * S + 1) * c->tn + c->rows;
-    for (int s = 1; s < S; s++) total += 2 * c->pad_n[s];
+    size_t total = (2 * S + 1) * c->tn + c->rows, gpad[8] = {0};
+    for (int s = 1; s < S; s++) {
+        total += 2 * c->pad_n[s];
+        if (c->ld[s] != 3L * c->widths[s] || c->ld[s - 1] != 3L * c->widths[s - 1])
+            total += gpad[s] = (size_t)c->ld[s] * c->ld[s - 1];
+    }
     float *buf = zeroed(total);
     if (!buf) return 1;
     float *ys[8], *gs[8];
     for (int s = 0; s < S - 1; s++) ys[s] = buf + s * c->tn;
-    for (int s = 0; s < S; s++) gs[s] = buf + (S - 1 + s) * c->tn;
+    for (int s = 0; s < S; s++) gs[s] = buf + (S - 1 + s) * c->tn; /* their padding stays zero */
     float *gx = buf + (2 * S - 1) * c->tn, *xs = gx + c->tn, *pad_y = xs + c->tn, *row = pad_y;
     for (int s = 1; s < S; s++) row += 2 * c->pad_n[s];
-    float *part = c->parts + c->part_n * t, *gw[8], *gP[8], *gp[8];
+    float *part = c->parts + c->part_n * t, *gw[8], *gP[8], *gp[8], *gPs[8], *more = row + c->rows;
     for (int s = 1; s < S; s++) {
         gw[s] = part, gP[s] = gw[s] + c->dw_n[s], gp[s] = gP[s] + c->pw_n[s];
         part = gp[s] + 3 * c->widths[s];
+        gPs[s] = gpad[s] ? more : gP[s]; /* the sum the matmuls add to: (ld[s - 1], ld[s]) column-major */
+        more += gpad[s];
     }
     const int b_end = (int)((long)c->B * (t + 1) / nt);
     for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
@@ -562,34 +570,49 @@ static int backward_images(const cascade_t *c, int t, int nt) {
         for (int s = 1; s < S; s++) p += 2 * c->pad_n[s];
         for (int j = S - 1; j >= 1; j--) {
             const int cs = c->widths[j - 1], c2 = c->widths[j]; /* x_j: 3 cs channels; y_j: 3 c2 */
-            const float one = 1, zero = 0, *gy = gs[j]; /* the gradient reaching y_j, (n, 3 c2) */
-            const long m_ = 3 * cs, n_ = n, k_ = 3 * c2;
+            const long l = c->ld[j - 1], l2 = c->ld[j];          /* their rows in the buffers */
+            const float one = 1, zero = 0, *gy = gs[j];          /* the gradient reaching y_j, (n, l2) */
+            const long m_ = l, n_ = n, k_ = l2;
             p -= 2 * c->pad_n[j];
             float *pad_g = p + c->pad_n[j];
-            /* gx (n, 3 cs) = gy (n, 3 c2) P_j (3 c2, 3 cs); column-major: gx^T = P_j^T gy^T */
-            c->sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, c->pws[j - 1],
+            /* gx (n, l) = gy (n, l2) P_j (l2, l); column-major: gx^T = P_j^T gy^T */
+            c->sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, c->pwp[j],
                      (const int *)&m_, gy, (const int *)&k_, &zero, gx, (const int *)&m_);
             for (int i = 0; i < nb; i++) {
-                const size_t r0 = (size_t)i * N * 3 * cs, pr = (size_t)P * 3 * cs;
-                const map_t ym = {ys[j - 1] + r0 + pr, 0, 3 * cs, cs}, xm = {xs + r0 + pr, 0, 3 * cs, cs},
-                            gm = {gx + r0 + pr, 0, 3 * cs, cs}, am = {gs[j - 1] + r0 + pr, 0, 3 * cs, cs},
+                const size_t r0 = (size_t)i * N * l, pr = (size_t)P * l;
+                const map_t ym = {ys[j - 1] + r0 + pr, 0, l, cs}, xm = {xs + r0 + pr, 0, l, cs},
+                            gm = {gx + r0 + pr, 0, l, cs}, am = {gs[j - 1] + r0 + pr, 0, l, cs},
                             none = {NULL, 0, 0, 0};
-                memcpy(xs + r0, ys[j - 1] + r0, sizeof(float) * pr); /* prefix tokens: x_j = y_{j-1} */
-                for (size_t q = 0; q < pr; q++) gs[j - 1][r0 + q] += gx[r0 + q]; /* and their gradient */
+                for (int r = 0; r < P; r++) { /* prefix tokens: x_j = y_{j-1}, and their gradient */
+                    const size_t q0 = r0 + (size_t)r * l;
+                    memcpy(xs + q0, ys[j - 1] + q0, sizeof(float) * 3 * cs);
+                    for (int q = 0; q < 3 * cs; q++) gs[j - 1][q0 + q] += gx[q0 + q];
+                }
                 fill_pad(&c->geo[j], &ym, 0, p, &none);
                 conv_image(&c->geo[j], p, c->taps[j], row, &xm, &none, 0); /* x_j's patch tokens */
                 fill_pad(&c->geo[j], &gm, 0, pad_g, &none);
                 wgrad_image(&c->geo[j], p, &gm, 0, gw[j]);
                 conv_image(&c->geo[j], pad_g, c->flips[j], row, &am, &am, 0); /* gy_{j-1}, added to g's in place */
             }
-            /* gP_j (3 c2, 3 cs) += gy^T x_j; column-major: gP^T (3 cs, 3 c2) += x_j^T gy */
+            /* gP_j (l2, l) += gy^T x_j; column-major: gP^T (l, l2) += x_j^T gy (what x_j's padding adds lies in
+               the rows of gP^T that are dropped below) */
             c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_, gy,
-                     (const int *)&k_, &one, gP[j], (const int *)&m_);
+                     (const int *)&k_, &one, gPs[j], (const int *)&m_);
             for (int r = 0; r < n; r++)
-                for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * 3 * c2 + q];
+                for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * l2 + q];
         }
-        memcpy(c->gy1 + (size_t)b0 * N * 3 * c->widths[0], gs[0], sizeof(float) * n * 3 * c->widths[0]);
+        const int c1 = 3 * c->widths[0];
+        float *g1 = c->gy1 + (size_t)b0 * N * c1;
+        if (c->ld[0] == c1)
+            memcpy(g1, gs[0], sizeof(float) * n * c1);
+        else
+            for (int r = 0; r < n; r++) memcpy(g1 + (size_t)r * c1, gs[0] + (size_t)r * c->ld[0], sizeof(float) * c1);
     }
+    for (int s = 1; s < S; s++) /* the padded sums' real part: gP^T (3 c_{s-1}, 3 c_s) */
+        if (gpad[s])
+            for (int q2 = 0; q2 < 3 * c->widths[s]; q2++)
+                memcpy(gP[s] + (size_t)q2 * 3 * c->widths[s - 1], gPs[s] + (size_t)q2 * c->ld[s - 1],
+                       sizeof(float) * 3 * c->widths[s - 1]);
     free(buf);
     return 0;
 }
@@ -612,11 +635,13 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
     if (!sgemm_fn || cascade_shapes(&c)) return 1;
     const int nt = threads_for(threads, B);
     int failed = 0;
+    float *own[8] = {NULL}; /* the padded pointwise weights */
     for (int s = 1; s < S; s++) { /* per thread: gw_j (k * k, C), gP_j, gp_j */
         const int kk = ks[s - 1] * ks[s - 1];
         c.taps[s] = tap_major(dws[s - 1], c.geo[s].C, c.geo[s].Cp, kk, 0);
         c.flips[s] = tap_major(dws[s - 1], c.geo[s].C, c.geo[s].Cp, kk, 1);
-        failed |= !c.taps[s] || !c.flips[s];
+        c.pwp[s] = padded(pws[s - 1], 3 * widths[s], 3 * widths[s - 1], c.ld[s], c.ld[s - 1], &own[s]);
+        failed |= !c.taps[s] || !c.flips[s] || !c.pwp[s];
         c.dw_n[s] = (size_t)kk * c.geo[s].C;
         c.pw_n[s] = (size_t)9 * widths[s] * widths[s - 1];
         c.part_n += c.dw_n[s] + c.pw_n[s] + (size_t)3 * widths[s];
@@ -651,6 +676,6 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
                 }
         }
     free(c.parts);
-    for (int s = 1; s < S; s++) free(c.taps[s]), free(c.flips[s]);
+    for (int s = 1; s < S; s++) free(c.taps[s]), free(c.flips[s]), free(own[s]);
     return failed ? 3 : 0;
 }
