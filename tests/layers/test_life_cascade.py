@@ -47,6 +47,19 @@ def make(dim, kernels, P, pw_bias, qkv_bias, grid):
     return layer
 
 
+def train_step(layer, x0, nan_at=None):
+    """One forward and backward pass with a fixed, uneven output gradient (a NaN at index ``nan_at`` if given):
+    the output, the input's gradient and every parameter's gradient by name."""
+    layer.zero_grad()
+    x = x0.clone().requires_grad_()
+    out = layer(x)
+    g = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    if nan_at is not None:
+        g[nan_at] = float("nan")
+    out.backward(g)
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
 def separate(monkeypatch):
     """Run LIFE as separate operations, as before the cascade existed."""
     monkeypatch.setattr(life_module, "life_scales", lambda *a, **k: None)
@@ -109,19 +122,11 @@ def test_training_matches_separate_operations(case, setting, monkeypatch):
     dim, kernels, P, pw_bias, qkv_bias, B, grid = case
     layer = make(dim, kernels, P, pw_bias, qkv_bias, grid)
     x0 = torch.randn(B, P + grid[0] * grid[1], dim)
-
-    def step():
-        layer.zero_grad()
-        x = x0.clone().requires_grad_()
-        out = layer(x)
-        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-        return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
-
     with monkeypatch.context() as m:
         separate(m)
-        expected = step()
+        expected = train_step(layer, x0)
     count = calls(monkeypatch)
-    got = step()
+    got = train_step(layer, x0)
     assert count == {"forward": 1, "backward": 1}
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-5)
@@ -174,21 +179,14 @@ def test_padded_backward_spreads_no_nan(monkeypatch):
     operations' gradients have them, and the same finite values elsewhere."""
     layer = make(64, (3, 5), 1, True, True, (5, 5))
     x0 = torch.randn(3, 26, 64)
-
-    def grads():
-        layer.zero_grad()
-        x = x0.clone().requires_grad_()
-        out = layer(x)
-        g = torch.linspace(-1, 1, out.numel()).view(out.shape).clone()
-        g[1, 9, 2 * 64 + 5] = float("nan")  # one value of the second image's gradient, in scale 1's part of v
-        out.backward(g)
-        return [x.grad] + [p.grad.clone() for p in layer.parameters()]
-
+    nan_at = (1, 9, 2 * 64 + 5)  # one value of the second image's gradient, in scale 1's part of v
     with monkeypatch.context() as m:
         separate(m)
-        expected = grads()
+        _, gx, gp = train_step(layer, x0, nan_at)
+        expected = [gx, *gp.values()]
     count = calls(monkeypatch)
-    got = grads()
+    _, gx, gp = train_step(layer, x0, nan_at)
+    got = [gx, *gp.values()]
     assert count == {"forward": 1, "backward": 1}
     assert expected[0].isnan().any() and not expected[0][0].isnan().any()
     for a, b in zip(got, expected):

@@ -372,7 +372,7 @@ static void linear_rows(sgemm_t sgemm, const float *a, long lda, long n, long k,
 /* One cascade call, forward or backward: its arguments, its shapes (cascade_shapes) and what its threads share. */
 typedef struct {
     int S, B, N, P, H, W, D, cmax, tile, offs[8];
-    long ld[8];           /* the forward's row of scale s in its tile buffers: 3 c_s rounded up to whole lines */
+    long ld[8];           /* a row of scale s in the tile buffers (both passes): 3 c_s rounded up to 16 floats */
     const int *widths, *ks;
     geom_t geo[8];        /* conv s = 1 .. S - 1 (it reads scale s - 1) */
     size_t pad_n[8], rows; /* floats of conv s's padded image; of the longest padded row */
@@ -422,7 +422,8 @@ static int cascade_shapes(cascade_t *c) {
 
 /* Run body(c, t, nt) for t = 0 .. nt - 1 on nt threads; on the calling thread alone when nt is 1, outside any parallel
    region: inside even a one-thread region MKL's own threads are started anew, several times the work of a small
-   projection (a batch of one image: 2.4 against 0.6 ms a layer). Returns the bodies' failures or-ed. */
+   projection (a LIFE layer at batch 1: 0.60 in a region against 0.40 ms without, docs/performance.md). Returns the
+   bodies' failures or-ed. */
 static int run_threads(int (*body)(const cascade_t *, int, int), const cascade_t *c, int nt) {
     if (nt == 1) return body(c, 0, 1);
     int failed = 0;
@@ -543,7 +544,7 @@ static int backward_images(const cascade_t *c, int t, int nt) {
     size_t total = (2 * S + 1) * c->tn + c->rows, gpad[8] = {0};
     for (int s = 1; s < S; s++) {
         total += 2 * c->pad_n[s];
-        if (c->ld[s] != 3L * c->widths[s] || c->ld[s - 1] != 3L * c->widths[s - 1])
+        if (c->pwp[s] != c->pws[s - 1]) /* P_s padded */
             total += gpad[s] = (size_t)c->ld[s] * c->ld[s - 1];
     }
     float *buf = zeroed(total);
@@ -619,7 +620,7 @@ static int backward_images(const cascade_t *c, int t, int nt) {
 
 /* The backward pass of life_cascade from y_1 on, tile by tile in cache as well. out (B, N, 3, D) is the forward
    result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient; the tile's rows of both are
-   read once, in order, into dense scales. For scale j = S .. 2 of a tile:
+   read once, in order, into the scales' tile buffers. For scale j = S .. 2 of a tile:
      gx    = gy_j P_j                                  the gradient at the projection's input x_j (n, 3 c_{j-1})
      x_j   = y_{j-1} with its patch tokens through conv j again (recomputed from out)
      gP_j += gy_j^T x_j, gp_j += the column sums of gy_j, gw_j += the conv's weight gradient for gx's patch tokens
