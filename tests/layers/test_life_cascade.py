@@ -136,6 +136,36 @@ def test_training_matches_separate_operations(case, setting, monkeypatch):
         assert got[2][name].is_contiguous(), name  # the layout DDP's buckets expect
 
 
+@pytest.mark.parametrize("dim", [48, 64], ids=["widths-of-16", "odd-widths"])
+def test_large_result_streamed(dim, monkeypatch):
+    """A result of ``life_cascade_stream_bytes()`` or more goes to memory with streaming stores (where its scales'
+    slots are whole vectors: widths 16, 16, 16; the odd widths 22, 21, 21 copy as before): the same result, the same
+    gradients."""
+    stream_bytes = dwconv._native().life_cascade_stream_bytes()
+    if stream_bytes < 0:
+        pytest.skip("no streaming stores on this CPU")
+    layer = make(dim, (3, 5), 1, False, True, (30, 30))
+    B = stream_bytes // (901 * 3 * dim * 4) + 1
+    assert B * 901 * 3 * dim * 4 >= stream_bytes
+    x0 = torch.randn(B, 901, dim)
+    with monkeypatch.context() as m:
+        separate(m)
+        with torch.no_grad():
+            expected_inference = layer(x0)
+        expected = train_step(layer, x0)
+    count = calls(monkeypatch)
+    with torch.no_grad():
+        got_inference = layer(x0)
+    got = train_step(layer, x0)
+    assert count == {"forward": 2, "backward": 1}
+    torch.testing.assert_close(got_inference, expected_inference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-4)
+    for name in expected[2]:  # sums over 8000 tokens, of gradients up to about 300: float32 rounding of the sums
+        scale = expected[2][name].abs().max().item()
+        torch.testing.assert_close(got[2][name], expected[2][name], rtol=1e-4, atol=5e-5 * scale, msg=name)
+
+
 def test_gradients_match_double_precision(monkeypatch):
     """The native backward in float32 against autograd's separate operations in float64."""
     layer = make(64, (3, 5), 1, True, True, (4, 4))

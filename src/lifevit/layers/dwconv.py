@@ -130,6 +130,7 @@ def _build() -> ctypes.CDLL:
         long_, int_, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
         stride3 = [long_] * 3  # batch, pixel, group strides of a map
         lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [int_]
+        lib.life_cascade_stream_bytes.restype, lib.life_cascade_stream_bytes.argtypes = long_, []
         lib.life_dw_conv.restype = lib.life_dw_wgrad.restype = ctypes.c_int
         # x (map with its strides), weight, flip, out, add, copy (maps), then B, H, W, G, cg, k, threads
         lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, *[ptr, *stride3] * 3, *[int_] * 7]
