@@ -496,7 +496,7 @@ static void to_rows(const cascade_t *c, const float *const *ys, const long *lds,
         for (int g = 0; g < 3; g++)
             for (int s = 0; s < c->S; s++)
                 put(c->stream, o + g * c->D + c->offs[s], ys[s] + r * lds[s] + g * c->widths[s], c->widths[s]);
-    flush_streams();
+    if (c->stream) flush_streams();
 }
 
 /* the other way round, scales 0 .. S' - 1 of rows [0, n) of o into ys[s] (rows of ld[s] floats, 3 c_s of them set) */
