@@ -18,6 +18,7 @@ Both run under glibc's default allocator unless ``--allocator keep`` (``lifevit.
     python benchmarks/life_overhead.py --rows deit_t_32 --compile    # torch.compile (inductor) both models too
     python benchmarks/life_overhead.py --rows deit_t_32 --breakdown  # where LIFE's extra time goes, per operator
     python benchmarks/life_overhead.py --rows deit_t_32 --compare-kernels --rounds 4  # native kernel vs PyTorch's
+    python benchmarks/life_overhead.py --rows deit_t_32 --native-phases  # one LIFE layer's time, phase by phase
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the process's peak resident
 set size from just before the first step (Linux ``VmHWM`` after a reset through ``/proc/self/clear_refs``, else
@@ -314,6 +315,68 @@ def compare_kernel_ops(args, row: str) -> Dict[str, float]:
     return res
 
 
+def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
+    """One LIFE layer of the row's LIFE model at its shapes against ``nn.Linear(dim, 3 D)`` (the plain model's qkv),
+    calls interleaved (12 inputs in turn, out of cache), inference and training (forward + backward), and where the
+    native cascade's first thread spends its time, phase by phase (a kernel built with ``LIFEVIT_NATIVE_PHASES=1``,
+    which ``main`` sets). Per call: medians of the whole calls, means of the phases (one thread's share of the batch).
+    In training the scale-1 projection is an ``nn.Linear`` under autograd, outside the cascade: it is timed alone as
+    well (interleaved with the others). "rest" is the LIFE call's median minus the phases (and, in training, minus
+    the scale-1 projection): thread start and join, the threads' weight-gradient sums, Python."""
+    from lifevit.layers import dwconv, life_layers
+
+    torch = _setup(args)
+    if dwconv.native_phases() is None:
+        raise SystemExit(f"--native-phases needs the native kernel built with phases: {dwconv.native_status()}")
+    img, batch = ROWS[row][2], ROWS[row][3] * args.batch_scale
+    layer = next(life_layers(_build(ROWS[row][1], img, args.num_classes)))
+    (H, W), P, D = layer.grid_size, layer.num_prefix_tokens, layer.out_dim
+    linear = torch.nn.Linear(layer.dim, 3 * D)
+    xs = [torch.randn(batch, P + H * W, layer.dim, requires_grad=True) for _ in range(12)]
+    gs = [torch.randn(batch, P + H * W, 3 * D) for _ in range(12)]
+    g1s = [g[..., : 3 * layer.widths[0]].contiguous() for g in gs]  # for the scale-1 projection alone
+
+    def infer(m):
+        def run(i):
+            with torch.no_grad():
+                m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
+
+        return run
+
+    def train(m):
+        def run(i):
+            y = m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
+            y.backward((g1s if m is layer.linear else gs)[i % 12])
+
+        return run
+
+    res: Dict[str, float] = {}
+    print(f"{row}: one LIFE layer, ({batch}, {P + H * W}, {layer.dim}) tokens, widths {layer.widths}, "
+          f"{args.threads} threads; per call, ms (medians of {calls} interleaved calls; phases: the cascade's first "
+          "thread, means)")  # fmt: skip
+    for mode, make in (("inference", infer), ("training", train)):
+        variants = {}
+        models = (("linear", linear), ("life", layer), *((("scale1", layer.linear),) if mode == "training" else ()))
+        for name, m in models:
+            op, calls_of = make(m), itertools.count()
+            variants[name] = lambda op=op, c=calls_of: op(next(c))
+        _interleaved(argparse.Namespace(warmup=0, rounds=1), variants, 12)  # first touches, not kept
+        dwconv.native_phases()  # reset the sums
+        times = _interleaved(argparse.Namespace(warmup=0, rounds=1), variants, calls)
+        phases = dwconv.native_phases()
+        med = {n: 1e3 * statistics.median(v) for n, v in times.items()}
+        passes = ("forward",) if mode == "inference" else ("forward", "backward")
+        parts = {f"{ps}_{ph}": 1e3 * t / calls for ps in passes for ph, t in phases[ps].items() if t > 0}
+        if "scale1" in med:
+            parts["scale1_linear_autograd"] = med["scale1"]
+        rest = med["life"] - sum(parts.values())
+        res.update({f"{mode}_linear_ms": med["linear"], f"{mode}_life_ms": med["life"], f"{mode}_rest_ms": rest,
+                    **{f"{mode}_{k}_ms": v for k, v in parts.items()}})  # fmt: skip
+        print(f"  {mode}: nn.Linear {med['linear']:.2f}, LIFE {med['life']:.2f} (x{med['life'] / med['linear']:.3f}); "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + f"; rest {rest:.2f}", flush=True)  # fmt: skip
+    return res
+
+
 def _spread(ratios: List[float]) -> Dict[str, float]:
     """Quartiles of per-round (process) or per-pair (resident) ratios: how far the machine's noise moves a ratio."""
     if len(ratios) < 2:
@@ -437,6 +500,9 @@ def main() -> None:
         action="store_true",
         help="plain vs LIFE with the native depthwise kernel vs with PyTorch's, interleaved in one process",
     )
+    p.add_argument(
+        "--native-phases", action="store_true", help="one LIFE layer vs nn.Linear, the native cascade phase by phase"
+    )
     p.add_argument("--update", action="store_true", help="replace only the measured rows in an existing --output")
     p.add_argument("--output", type=Path, default=None, help="JSON (default benchmarks/results/life_overhead.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -446,6 +512,12 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+
+    if args.native_phases:
+        os.environ["LIFEVIT_NATIVE_PHASES"] = "1"  # before the kernel is first built: its instrumented build
+        for row in args.rows:
+            native_phases(args, row)
+        return None
 
     if args.breakdown or args.compare_kernels:
         for row in args.rows:

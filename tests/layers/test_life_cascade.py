@@ -311,3 +311,42 @@ def test_profiler_lists_the_cascade():
         layer(x.requires_grad_()).sum().backward()
     names = {e.key for e in prof.key_averages()}
     assert {"lifevit::life_scales", "lifevit::life_scales_backward"} <= names, names
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "separate"])
+def test_training_takes_the_projection_in_only_when_calling_it_would_do_no_more(native, monkeypatch):
+    """In training the cascade's node runs the scale-1 projection itself (from the tokens) when it is a plain, unhooked
+    ``nn.Linear``; a hooked one is called as it is, under autograd. Both give the same output and gradients, natively
+    and as separate operations."""
+    layer = make(48, (3, 5), 1, True, True, (4, 4))
+    x0 = torch.randn(3, 17, 48)
+    if not native:
+        separate(monkeypatch)
+    count = calls(monkeypatch) if native else None
+    fused = train_step(layer, x0)
+    seen = []
+    handle = layer.linear.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    hooked = train_step(layer, x0)
+    handle.remove()
+    assert seen == [(3, 17, 3 * layer.widths[0])]
+    if native:
+        assert count == {"forward": 2, "backward": 2}
+    torch.testing.assert_close(fused[0], hooked[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused[1], hooked[1], rtol=1e-4, atol=1e-5)
+    for name in hooked[2]:
+        torch.testing.assert_close(fused[2][name], hooked[2][name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_training_computes_only_the_gradients_asked_for():
+    """A frozen scale-1 projection and tokens that need no gradient: none is made for them, the others are right."""
+    layer = make(48, (3, 5), 1, False, True, (4, 4))
+    x = torch.randn(3, 17, 48)
+    layer(x).square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in layer.named_parameters() if not n.startswith("linear.")}
+    layer.zero_grad(set_to_none=True)
+    layer.linear.requires_grad_(False)
+    layer(x).square().sum().backward()
+    assert layer.linear.weight.grad is None and layer.linear.bias.grad is None and x.grad is None
+    for n, p in layer.named_parameters():
+        if n in expected:
+            assert torch.equal(p.grad, expected[n]), n

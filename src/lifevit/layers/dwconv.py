@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = [
     "depthwise_conv", "depthwise_weight_grad", "depthwise_backward", "life_scales", "life_scales_backward",
-    "native_status",
+    "native_status", "native_phases", "NATIVE_PHASES",
 ]  # fmt: skip
 
 _SOURCE = Path(__file__).with_name("native") / "dwconv.c"
@@ -56,6 +56,9 @@ _FLAG_SETS = [  # tuned for this CPU first, then portable
     ["-O3", "-march=native", "-std=gnu99", "-fPIC", "-shared", "-fopenmp"],
     ["-O3", "-std=gnu99", "-fPIC", "-shared", "-fopenmp"],
 ]
+# LIFEVIT_NATIVE_PHASES=1: a build that times the cascade's phases (``native_phases``; a build of its own)
+_PHASE_FLAGS = ["-DLIFE_PHASES"]
+NATIVE_PHASES = ("matmul_scale1", "matmul", "read_rows", "pad", "conv", "wgrad", "bias", "write_rows")  # C's order
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _status: Optional[str] = None  # None: not tried yet; "native: ..." or "aten: <why>"
@@ -118,7 +121,8 @@ def _build() -> ctypes.CDLL:
     source = _SOURCE.read_bytes()
     cache = _cache_dir()
     errors = []
-    for flags in _FLAG_SETS:
+    phases = _PHASE_FLAGS if os.environ.get("LIFEVIT_NATIVE_PHASES", "0") == "1" else []
+    for flags in ([*f, *phases] for f in _FLAG_SETS):
         key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), _cpu_identity().encode()]))
         target = cache / f"dwconv-{key.hexdigest()[:16]}.so"
         if not target.exists():
@@ -131,6 +135,7 @@ def _build() -> ctypes.CDLL:
         stride3 = [long_] * 3  # batch, pixel, group strides of a map
         lib.life_dw_supports.restype, lib.life_dw_supports.argtypes = ctypes.c_int, [int_]
         lib.life_cascade_stream_bytes.restype, lib.life_cascade_stream_bytes.argtypes = long_, []
+        lib.life_cascade_phases.restype, lib.life_cascade_phases.argtypes = ctypes.c_int, [ptr]
         lib.life_dw_conv.restype = lib.life_dw_wgrad.restype = ctypes.c_int
         # x (map with its strides), weight, flip, out, add, copy (maps), then B, H, W, G, cg, k, threads
         lib.life_dw_conv.argtypes = [ptr, *stride3, ptr, int_, *[ptr, *stride3] * 3, *[int_] * 7]
@@ -143,9 +148,10 @@ def _build() -> ctypes.CDLL:
         # threads
         lib.life_cascade.restype = ctypes.c_int
         lib.life_cascade.argtypes = [ptr, long_, long_, int_, ptr, ptr, int_, *[ptr] * 6, *[int_] * 6, ptr, int_]
-        # out, g, S, widths, kernels, dws, pws, gy1, gdws, gpws, gpbs, B, N, P, H, W, tile, sgemm, threads
+        # out, g, S, widths, kernels, dws, pws, gy1, gdws, gpws, gpbs, x, dim, w1, gx, gw1, gb1, B, N, P, H, W, tile,
+        # sgemm, threads
         lib.life_cascade_backward.restype = ctypes.c_int
-        lib.life_cascade_backward.argtypes = [ptr, ptr, int_, *[ptr] * 8, *[int_] * 6, ptr, int_]
+        lib.life_cascade_backward.argtypes = [ptr, ptr, int_, *[ptr] * 9, int_, *[ptr] * 4, *[int_] * 6, ptr, int_]
         return lib
     raise RuntimeError("; ".join(errors))
 
@@ -170,6 +176,20 @@ def native_status() -> str:
     """Which kernels LIFE's depthwise convolutions use here: ``"native: ..."`` or ``"aten: <why not native>"``."""
     _native()
     return str(_status)
+
+
+def native_phases() -> Optional[dict]:
+    """Where the native cascade's first thread spent its time since the last call (and reset the sums), seconds:
+    ``{"forward": {phase: s}, "backward": {phase: s}}`` over ``NATIVE_PHASES``; None unless the kernel was built with
+    ``LIFEVIT_NATIVE_PHASES=1`` (set before LIFE first runs; ``benchmarks/life_overhead.py --native-phases``)."""
+    lib = _native()
+    if lib is None:
+        return None
+    sums = (ctypes.c_double * (2 * len(NATIVE_PHASES)))()
+    if lib.life_cascade_phases(sums) != len(NATIVE_PHASES):
+        return None
+    n = len(NATIVE_PHASES)
+    return {p: dict(zip(NATIVE_PHASES, sums[i * n : (i + 1) * n])) for i, p in enumerate(("forward", "backward"))}
 
 
 # ------------------------------------------------------------------------------------------------ the operations
@@ -407,36 +427,46 @@ def life_scales(x, w1, b1, dws, pws, pbs, P: int, H: int, W: int, widths) -> Opt
     return out
 
 
-def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, widths):
-    """The backward pass of ``life_scales`` from scale 1 on, in one native call (``life_cascade_backward``), or None
-    where the native kernel cannot take it.
+def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, widths, x=None, w1=None, needs=None):
+    """The backward pass of ``life_scales``, in one native call (``life_cascade_backward``), or None where the native
+    kernel cannot take it.
 
     ``out`` (B, N, 3, D): the forward result (it holds every scale, so the depthwise inputs); ``g``: its gradient.
-    Returns ``(g_y1, g_dws, g_pws, g_pbs)``: the gradient at scale 1 (B, N, 3 c_1) and the weight gradients of scales
-    2..S (contiguous; ``g_pbs[s]`` None where ``has_bias[s]`` is false). Tile by tile in cache, as the forward pass;
-    the depthwise convolutions recomputed from ``out``."""
+    Without ``w1``, from scale 1 on: returns ``(g_y1, g_dws, g_pws, g_pbs, None, None)``, the gradient at scale 1
+    (B, N, 3 c_1) and the weight gradients of scales 2..S (contiguous; ``g_pbs[s]`` None where ``has_bias[s]`` is
+    false). With the scale-1 projection's input ``x`` (B, N, dim) and weight ``w1`` (3 c_1, dim), through it as well,
+    from each tile's scale-1 gradient in cache: ``(g_x, ..., g_w1, g_b1)``; ``needs`` (x, w1, b1: bools; default all
+    three) says which of these to compute (None for the others). Tile by tile in cache, as the forward pass; the
+    depthwise convolutions recomputed from ``out``."""
     ks = [w.shape[-1] for w in dws]
     out, g = out.contiguous(), g.contiguous()  # g may be expanded (the gradient of a sum)
-    lib = _cascade_lib(ks, widths, out, g, *dws, *pws)
+    lib = _cascade_lib(ks, widths, out, g, x, w1, *dws, *pws)
     if lib is None:
         return None
     B, N = out.shape[:2]
     dws, pws = [w.contiguous() for w in dws], [w.contiguous() for w in pws]
-    g_y1 = out.new_empty(B, N, 3 * widths[0])
     g_dws = [out.new_empty(w.shape) for w in dws]
     g_pws = [out.new_empty(w.shape) for w in pws]
     g_pbs = [out.new_empty(w.shape[0]) if b else None for w, b in zip(pws, has_bias)]
-    S = len(widths)
+    S, dim = len(widths), 0
+    g_y1 = g_x = g_w1 = g_b1 = None
+    if w1 is None:
+        g_y1 = out.new_empty(B, N, 3 * widths[0])
+    else:
+        x, w1, dim = x.contiguous(), w1.contiguous(), x.shape[-1]
+        g_x, g_w1, g_b1 = (t if need else None for t, need in zip(
+            (x.new_empty(x.shape), w1.new_empty(w1.shape), w1.new_empty(w1.shape[0])), needs or (True, True, True)
+        ))  # fmt: skip
     tile = _tile(N, widths)
     with _as_operator("lifevit::life_scales_backward"):
         rc = lib.life_cascade_backward(
             out.data_ptr(), g.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks), _ptrs(dws),
-            _ptrs(pws), g_y1.data_ptr(), _ptrs(g_dws), _ptrs(g_pws), _ptrs(g_pbs), B, N, P, H, W, tile,
-            _blas_sgemm(), torch.get_num_threads(),
+            _ptrs(pws), *_ptrs([g_y1]), _ptrs(g_dws), _ptrs(g_pws), _ptrs(g_pbs), *_ptrs([x]), dim,
+            *_ptrs([w1, g_x, g_w1, g_b1]), B, N, P, H, W, tile, _blas_sgemm(), torch.get_num_threads(),
         )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native cascade backward failed (code {rc}); set LIFEVIT_NATIVE=0")
-    return g_y1, g_dws, g_pws, g_pbs
+    return (g_y1 if w1 is None else g_x), g_dws, g_pws, g_pbs, g_w1, g_b1
 
 
 # ------------------------------------------------------------------------------------------------ compiled code

@@ -132,6 +132,12 @@ def _plain_linear(m: nn.Module) -> bool:
     )
 
 
+def _cpu_float32(*ts: torch.Tensor) -> bool:
+    """float32 CPU tensors, no autocast: where the native cascade can run the scale-1 projection as well in
+    training (its fallback, the same arithmetic as operations, then computes in float32 like the projection)."""
+    return not torch.is_autocast_enabled("cpu") and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+
+
 # ------------------------------------------------------------------------------------------- the computation
 # Scales 2..S from the scale-1 output y1, written into out (B, N, 3, D). Eager: one plain function for the forward
 # pass (no-grad and inside the autograd function) and the autograd function's backward below; the depthwise
@@ -192,30 +198,35 @@ def _scales_cat(y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> torch.T
 
 
 class _Scales(torch.autograd.Function):
-    """Scales 2..S as one autograd node that saves only its output and recomputes the depthwise convs."""
+    """Scales 2..S as one autograd node that saves only its output and recomputes the depthwise convs; with the
+    scale-1 weights ``w1`` / ``b1`` given, scale 1 as well (``x``: the tokens, (B, N, dim); else ``x`` is scale 1
+    itself, (B, N, 3 c_1), and ``w1``, ``b1`` are None), which then saves ``x`` too (as the projection would)."""
 
     @staticmethod
-    def forward(ctx, y1, P, H, W, widths, *params):
+    def forward(ctx, x, w1, b1, P, H, W, widths, *params):
         S1 = len(widths) - 1
         dws, pws, pbs = list(params[:S1]), list(params[S1 : 2 * S1]), list(params[2 * S1 :])
-        out = life_scales(y1, None, None, dws, pws, pbs, P, H, W, widths)  # (B, N, 3, D): native, in cache
+        out = life_scales(x, w1, b1, dws, pws, pbs, P, H, W, widths)  # (B, N, 3, D): native, in cache
         if out is None:
-            out = _scales_into(None, y1, P, H, W, widths, dws, pws, pbs)
-        ctx.geometry = (P, H, W, widths, [b is not None for b in pbs])
-        ctx.save_for_backward(out, *dws, *pws)
+            out = _scales_into(None, x if w1 is None else F.linear(x, w1, b1), P, H, W, widths, dws, pws, pbs)
+        ctx.geometry = (P, H, W, widths, [b is not None for b in pbs], w1 is not None)
+        ctx.save_for_backward(out, *dws, *pws, *(() if w1 is None else (x, w1)))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        P, H, W, widths, has_bias = ctx.geometry
+        P, H, W, widths, has_bias, scale1 = ctx.geometry
         out, *weights = ctx.saved_tensors
         S1 = len(widths) - 1
-        dws, pws = weights[:S1], weights[S1:]
-        native = life_scales_backward(out, g, dws, pws, has_bias, P, H, W, widths)  # in cache, one call
+        dws, pws = weights[:S1], weights[S1 : 2 * S1]
+        x, w1 = weights[2 * S1 :] if scale1 else (None, None)
+        needs = ctx.needs_input_grad[:3]  # x (or y1), w1, b1
+        # in cache, one call: the gradient at x (with w1) or at scale 1, w1's and b1's (or None), the scales' own
+        native = life_scales_backward(out, g, dws, pws, has_bias, P, H, W, widths, x, w1, needs)
         if native is not None:
-            g_y1, g_dw, g_pw, g_pb = native
-            return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
+            g_x, g_dw, g_pw, g_pb, g_w1, g_b1 = native
+            return (g_x, g_w1, g_b1, None, None, None, None, *g_dw, *g_pw, *g_pb)
         B, N = out.shape[:2]
         dt = g.dtype
         starts = [sum(widths[:s]) for s in range(len(widths))]
@@ -239,15 +250,20 @@ class _Scales(torch.autograd.Function):
             # directly, patch tokens through the conv), read from g's slots in place; scale 1's straight into g_y1
             into = g_y1.view(B, N, 3, c) if s == 1 else g.new_empty(B, N, 3, c)
             torch.add(slot(g, s - 1, 0, P), gx[:, :P].view(B, P, 3, c), out=into[:, :P])
-            x = _projection_input(slot(out, s - 1, 0, P), N, 3 * c)  # the projection's input, recomputed: ...
+            x_s = _projection_input(slot(out, s - 1, 0, P), N, 3 * c)  # the projection's input, recomputed: ...
             # ... its patch tokens through the conv, with the conv's input and weight gradients, in one pass
-            _, _, g_dw_s = depthwise_backward(x_map, g_conv, wd, H, W, slot(g, s - 1, P, N), x[:, P:], into[:, P:])
+            _, _, g_dw_s = depthwise_backward(x_map, g_conv, wd, H, W, slot(g, s - 1, P, N), x_s[:, P:], into[:, P:])
             g_dw[s - 1] = g_dw_s.to(dws[s - 1].dtype)  # contiguous (DDP)
-            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
+            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x_s.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
             if has_bias[s - 1]:
                 g_pb[s - 1] = gy.sum((0, 1)).to(pws[s - 1].dtype)
-            gy, gx, g_conv, x = into.view(B, N, 3 * c), None, None, None
-        return (g_y1, None, None, None, None, *g_dw, *g_pw, *g_pb)
+            gy, gx, g_conv, x_s = into.view(B, N, 3 * c), None, None, None
+        if not scale1:
+            return (g_y1, None, None, None, None, None, None, *g_dw, *g_pw, *g_pb)
+        g_x = g_y1 @ w1.to(dt) if needs[0] else None  # (B, N, dim): through the scale-1 projection
+        g_w1 = (g_y1.flatten(0, 1).t() @ x.flatten(0, 1).to(dt)).to(w1.dtype) if needs[1] else None  # (3 c1, dim)
+        g_b1 = g_y1.sum((0, 1)).to(w1.dtype) if needs[2] else None
+        return (g_x, g_w1, g_b1, None, None, None, None, *g_dw, *g_pw, *g_pb)
 
 
 class LIFE(nn.Module):
@@ -380,7 +396,11 @@ class LIFE(nn.Module):
         if not eager:  # traced: every scale a new tensor
             out = _scales_cat(self.linear(x), P, H, W, self.widths, dws, pws, pbs)  # (B, N, 3, D)
         elif torch.is_grad_enabled() and len(self.widths) > 1:
-            out = _Scales.apply(self.linear(x), P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
+            if _plain_linear(self.linear) and _cpu_float32(x, self.linear.weight):  # one native call, scale 1 too
+                w1, b1 = self.linear.weight, self.linear.bias
+                out = _Scales.apply(x, w1, b1, P, H, W, self.widths, *dws, *pws, *pbs)  # (B, N, 3, D)
+            else:  # the projection runs as it is (hooks, subclasses, autocast, GPU), the scales 2..S after it
+                out = _Scales.apply(self.linear(x), None, None, P, H, W, self.widths, *dws, *pws, *pbs)
         else:  # no autograd: scale 1 as well in one native call where it can, else as operations
             out = None
             if _plain_linear(self.linear):  # nobody hooks or replaces it: its weights may be read directly

@@ -52,6 +52,40 @@ typedef float vf __attribute__((vector_size(VL * 4), aligned(4))); /* unaligned 
 #define UW 8 /* output pixels per register block */
 #define XREGS (VL == 16) /* AVX-512 has 32 vector registers: room for a row of inputs */
 
+/* Built with -DLIFE_PHASES (LIFEVIT_NATIVE_PHASES=1, dwconv.py) the cascade times its phases on its first thread
+   (TICK: the time since the thread's last tick goes to one phase of the pass) and life_cascade_phases hands the sums
+   over; otherwise TICK is nothing. For benchmarks/life_overhead.py --native-phases, which says where a layer's time
+   goes. */
+enum { PH_MATMUL1, PH_MATMUL, PH_READ, PH_PAD, PH_CONV, PH_WGRAD, PH_BIAS, PH_WRITE, PH_N };
+#ifdef LIFE_PHASES
+#include <time.h>
+static double phase_s[2][PH_N]; /* [forward, backward][phase]: seconds on thread 0, summed over calls */
+static __thread double tick_at;
+static void tick(int t, int pass, int phase) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const double now = ts.tv_sec + 1e-9 * ts.tv_nsec;
+    if (t == 0 && phase >= 0) phase_s[pass][phase] += now - tick_at;
+    tick_at = now;
+}
+#define TICK(t, pass, phase) tick((t), (pass), (phase))
+#else
+#define TICK(t, pass, phase) ((void)0)
+#endif
+
+/* the phase sums (2 * PH_N doubles: forward then backward, in enum order) into out, and reset; returns how many
+   phases there are per pass, 0 (out untouched) when the kernel was built without LIFE_PHASES */
+int life_cascade_phases(double *out) {
+#ifdef LIFE_PHASES
+    memcpy(out, phase_s, sizeof(phase_s));
+    memset(phase_s, 0, sizeof(phase_s));
+    return PH_N;
+#else
+    (void)out;
+    return 0;
+#endif
+}
+
 typedef struct {
     const float *p;
     long sb, sp, sg; /* batch, pixel (h * W + w), group strides, in floats; channels of a group are dense */
@@ -400,7 +434,7 @@ typedef struct {
     float *taps[8], *flips[8];
     sgemm_t sgemm;
     const float *const *pws, *const *pbs;
-    /* forward */
+    /* forward; x, w1 also in a backward pass that includes scale 1's projection */
     const float *x, *w1, *b1, *pwp[8], *pbp[8]; /* w1, b1, pws, pbs padded to ld (or themselves, see padded) */
     long xsb, xst;
     int dim;
@@ -408,8 +442,9 @@ typedef struct {
     int stream; /* out written with streaming stores (to_rows) */
     /* backward */
     const float *y, *g; /* the forward's out and its gradient */
-    float *gy1, *parts;
-    size_t part_n, dw_n[8], pw_n[8];
+    float *gy1, *parts, *const *gpbs; /* gpbs[s] NULL: no bias (no bias gradient) */
+    float *gx, *gw1, *gb1;            /* scale 1's projection's gradients, or NULL */
+    size_t part_n, dw_n[8], pw_n[8], w1_off; /* w1_off: gw1's sums in a thread's part, then gb1's */
 } cascade_t;
 
 /* A cascade's shapes into c, checked: the widths' sum D, the largest width cmax, each scale's offset in a slot row
@@ -518,6 +553,7 @@ static int forward_images(const cascade_t *c, int t, int nt) {
     float *xs = buf + S * c->tn, *pad = xs + c->tn, *row = pad;
     for (int s = 1; s < S; s++) row += c->pad_n[s];
     const int b_end = (int)((long)c->B * (t + 1) / nt);
+    TICK(t, 0, -1);
     for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
         const int nb = b_end - b0 < c->tile ? b_end - b0 : c->tile, n = nb * N;
         const float *ys[8]; /* scale s of the tile's images, rows of lds[s] floats */
@@ -527,6 +563,7 @@ static int forward_images(const cascade_t *c, int t, int nt) {
             linear_rows(c->sgemm, c->x + b0 * c->xsb, c->xst, n, c->dim, c->w1, c->b1, lds[0], buf, lds[0]);
         else /* y_1 given: read in place */
             ys[0] = c->x + b0 * c->xsb, lds[0] = c->xst;
+        TICK(t, 0, PH_MATMUL1);
         float *p = pad;
         for (int s = 1; s < S; p += c->pad_n[s], s++) {
             const int cs = c->widths[s - 1];
@@ -541,11 +578,15 @@ static int forward_images(const cascade_t *c, int t, int nt) {
                 if (l > 3 * cs) /* xs held other scales' rows before: what lies past 3 cs is not zero */
                     for (int r = 0; r < N; r++) memset(xi + (size_t)r * l + 3 * cs, 0, sizeof(float) * (l - 3 * cs));
                 fill_pad(&c->geo[s], &src, 0, p, &none);
+                TICK(t, 0, PH_PAD);
                 conv_image(&c->geo[s], p, c->taps[s], row, &dst, &none, 0);
+                TICK(t, 0, PH_CONV);
             }
             linear_rows(c->sgemm, xs, l, n, l, c->pwp[s], c->pbp[s], lds[s], buf + s * c->tn, lds[s]);
+            TICK(t, 0, PH_MATMUL);
         }
         to_rows(c, ys, lds, n, c->out + (size_t)b0 * N * 3 * c->D);
+        TICK(t, 0, PH_WRITE);
     }
     free(buf);
     return 0;
@@ -595,7 +636,14 @@ static int backward_images(const cascade_t *c, int t, int nt) {
             total += gpad[s] = (size_t)c->ld[s] * c->ld[s - 1];
     }
     float *buf = zeroed(total);
-    if (!buf) return 1;
+    /* the bias gradients' sums (scale 1's, then p_s's for s = 1 .. S - 1), 3 cmax each, in double: a float sum over
+       thousands of rows loses several digits */
+    double *bsum = calloc((size_t)3 * c->cmax * S, sizeof(double));
+    if (!buf || !bsum) {
+        free(buf);
+        free(bsum);
+        return 1;
+    }
     float *ys[8], *gs[8];
     for (int s = 0; s < S - 1; s++) ys[s] = buf + s * c->tn;
     for (int s = 0; s < S; s++) gs[s] = buf + (S - 1 + s) * c->tn; /* their padding stays zero */
@@ -608,24 +656,33 @@ static int backward_images(const cascade_t *c, int t, int nt) {
         gPs[s] = gpad[s] ? more : gP[s]; /* the sum the matmuls add to: (ld[s - 1], ld[s]) column-major */
         more += gpad[s];
     }
+    float *gW1 = c->w1 ? c->parts + c->part_n * t + c->w1_off : NULL; /* scale 1's sums, with w1 */
+    float *gB1 = c->w1 ? gW1 + (size_t)3 * c->widths[0] * c->dim : NULL;
+    const float one = 1, zero = 0;
     const int b_end = (int)((long)c->B * (t + 1) / nt);
+    TICK(t, 1, -1);
     for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
         const int nb = b_end - b0 < c->tile ? b_end - b0 : c->tile, n = nb * N;
         const size_t base = (size_t)b0 * N * 3 * c->D; /* the tile's first row of out and g */
+        const int c1 = 3 * c->widths[0], direct = c->gy1 && c->ld[0] == c1;
+        float *g1 = c->gy1 ? c->gy1 + (size_t)b0 * N * c1 : NULL;
+        if (direct) gs[0] = g1; /* rows of whole vectors: the gradient reaching scale 1 summed in gy1 itself */
         from_rows(c, c->y + base, n, S - 1, ys);          /* each read once, in order */
         from_rows(c, c->g + base, n, S, gs);
+        TICK(t, 1, PH_READ);
         float *p = pad_y;
         for (int s = 1; s < S; s++) p += 2 * c->pad_n[s];
         for (int j = S - 1; j >= 1; j--) {
             const int cs = c->widths[j - 1], c2 = c->widths[j]; /* x_j: 3 cs channels; y_j: 3 c2 */
             const long l = c->ld[j - 1], l2 = c->ld[j];          /* their rows in the buffers */
-            const float one = 1, zero = 0, *gy = gs[j];          /* the gradient reaching y_j, (n, l2) */
+            const float *gy = gs[j];                             /* the gradient reaching y_j, (n, l2) */
             const long m_ = l, n_ = n, k_ = l2;
             p -= 2 * c->pad_n[j];
             float *pad_g = p + c->pad_n[j];
             /* gx (n, l) = gy (n, l2) P_j (l2, l); column-major: gx^T = P_j^T gy^T */
             c->sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, c->pwp[j],
                      (const int *)&m_, gy, (const int *)&k_, &zero, gx, (const int *)&m_);
+            TICK(t, 1, PH_MATMUL);
             for (int i = 0; i < nb; i++) {
                 const size_t r0 = (size_t)i * N * l, pr = (size_t)P * l;
                 const map_t ym = {ys[j - 1] + r0 + pr, 0, l, cs}, xm = {xs + r0 + pr, 0, l, cs},
@@ -637,25 +694,52 @@ static int backward_images(const cascade_t *c, int t, int nt) {
                     for (int q = 0; q < 3 * cs; q++) gs[j - 1][q0 + q] += gx[q0 + q];
                 }
                 fill_pad(&c->geo[j], &ym, 0, p, &none);
+                TICK(t, 1, PH_PAD);
                 conv_image(&c->geo[j], p, c->taps[j], row, &xm, &none, 0); /* x_j's patch tokens */
+                TICK(t, 1, PH_CONV);
                 fill_pad(&c->geo[j], &gm, 0, pad_g, &none);
+                TICK(t, 1, PH_PAD);
                 wgrad_image(&c->geo[j], p, &gm, 0, gw[j]);
+                TICK(t, 1, PH_WGRAD);
                 conv_image(&c->geo[j], pad_g, c->flips[j], row, &am, &am, 0); /* gy_{j-1}, added to g's in place */
+                TICK(t, 1, PH_CONV);
             }
             /* gP_j (l2, l) += gy^T x_j; column-major: gP^T (l, l2) += x_j^T gy (what x_j's padding adds lies in
                the rows of gP^T that are dropped below) */
             c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_, gy,
                      (const int *)&k_, &one, gPs[j], (const int *)&m_);
-            for (int r = 0; r < n; r++)
-                for (int q = 0; q < 3 * c2; q++) gp[j][q] += gy[(size_t)r * l2 + q];
+            TICK(t, 1, PH_MATMUL);
+            if (c->gpbs[j - 1]) /* the bias gradient, where the projection has a bias */
+                for (int r = 0; r < n; r++)
+                    for (int q = 0; q < 3 * c2; q++) bsum[(size_t)3 * c->cmax * j + q] += gy[(size_t)r * l2 + q];
+            TICK(t, 1, PH_BIAS);
         }
-        const int c1 = 3 * c->widths[0];
-        float *g1 = c->gy1 + (size_t)b0 * N * c1;
-        if (c->ld[0] == c1)
-            memcpy(g1, gs[0], sizeof(float) * n * c1);
-        else
+        if (c->w1) { /* scale 1's projection y_1 = x W_1^T + b_1, from gy_1 (gs[0], (n, ld[0])) in cache */
+            const long m_ = c->dim, n_ = n, k_ = c1, ldg = c->ld[0];
+            /* gx (n, dim) = gy_1 W_1; column-major: gx^T = W_1^T gy_1^T */
+            if (c->gx)
+                c->sgemm("N", "N", (const int *)&m_, (const int *)&n_, (const int *)&k_, &one, c->w1, (const int *)&m_,
+                         gs[0], (const int *)&ldg, &zero, c->gx + (size_t)b0 * N * c->dim, (const int *)&m_);
+            /* gW_1 (3 c_1, dim) += gy_1^T x; column-major: gW_1^T (dim, 3 c_1) += x^T gy_1 */
+            if (c->gw1)
+                c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, c->x + b0 * c->xsb,
+                         (const int *)&c->xst, gs[0], (const int *)&ldg, &one, gW1, (const int *)&m_);
+            TICK(t, 1, PH_MATMUL1);
+            if (c->gb1)
+                for (int r = 0; r < n; r++)
+                    for (int q = 0; q < c1; q++) bsum[q] += gs[0][(size_t)r * ldg + q];
+            TICK(t, 1, PH_BIAS);
+        } else if (!direct) { /* else it is there already */
             for (int r = 0; r < n; r++) memcpy(g1 + (size_t)r * c1, gs[0] + (size_t)r * c->ld[0], sizeof(float) * c1);
+        }
+        TICK(t, 1, PH_WRITE);
     }
+    for (int s = 0; s < S; s++) /* the bias sums into the thread's part */
+        for (int q = 0; q < 3 * c->widths[s]; q++) {
+            if (s) gp[s][q] = (float)bsum[(size_t)3 * c->cmax * s + q];
+            else if (gB1) gB1[q] = (float)bsum[q];
+        }
+    free(bsum);
     for (int s = 1; s < S; s++) /* the padded sums' real part: gP^T (3 c_{s-1}, 3 c_s) */
         if (gpad[s])
             for (int q2 = 0; q2 < 3 * c->widths[s]; q2++)
@@ -665,22 +749,26 @@ static int backward_images(const cascade_t *c, int t, int nt) {
     return 0;
 }
 
-/* The backward pass of life_cascade from y_1 on, tile by tile in cache as well. out (B, N, 3, D) is the forward
+/* The backward pass of life_cascade, tile by tile in cache as well. out (B, N, 3, D) is the forward
    result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient; the tile's rows of both are
    read once, in order, into the scales' tile buffers. For scale j = S .. 2 of a tile:
      gx    = gy_j P_j                                  the gradient at the projection's input x_j (n, 3 c_{j-1})
      x_j   = y_{j-1} with its patch tokens through conv j again (recomputed from out)
      gP_j += gy_j^T x_j, gp_j += the column sums of gy_j, gw_j += the conv's weight gradient for gx's patch tokens
      gy_{j-1} = g's scale j - 1 + gx (prefix tokens) or the flipped conv of gx (patch tokens)
-   and gy_1 goes to gy1 (B, N, 3 c_1) contiguous. Weight gradients: each thread's sums, added in a fixed order.
-   gdws[s] (3 c_{s+1}, k * k), gpws[s] like pws[s], gpbs[s] (3 c_{s+2}) or NULL. Returns 0 on success. */
+   and gy_1 goes to gy1 (B, N, 3 c_1) contiguous; or, with w1 (3 c_1, dim) given, into scale 1's projection from the
+   tokens x (B, N, dim) contiguous, each tile's gy_1 still in cache (no gy1 written): gx (B, N, dim) contiguous,
+   gw1 (3 c_1, dim), gb1 (3 c_1), each NULL where not wanted. Weight gradients: each thread's sums, added in a fixed
+   order. gdws[s] (3 c_{s+1}, k * k), gpws[s] like pws[s], gpbs[s] (3 c_{s+2}) or NULL. Returns 0 on success. */
 int life_cascade_backward(const float *out, const float *g, int S, const int *widths, const int *ks,
                           const float *const *dws, const float *const *pws, float *gy1, float *const *gdws,
-                          float *const *gpws, float *const *gpbs, int B, int N, int P, int H, int W, int tile,
-                          void *sgemm_fn, int threads) {
+                          float *const *gpws, float *const *gpbs, const float *x, int dim, const float *w1, float *gx,
+                          float *gw1, float *gb1, int B, int N, int P, int H, int W, int tile, void *sgemm_fn,
+                          int threads) {
     cascade_t c = {.S = S, .B = B, .N = N, .P = P, .H = H, .W = W, .tile = tile, .widths = widths, .ks = ks,
-                   .sgemm = (sgemm_t)sgemm_fn, .pws = pws, .y = out, .g = g, .gy1 = gy1};
-    if (!sgemm_fn || cascade_shapes(&c)) return 1;
+                   .sgemm = (sgemm_t)sgemm_fn, .pws = pws, .y = out, .g = g, .gy1 = gy1, .gpbs = gpbs, .x = x,
+                   .xsb = (long)N * dim, .xst = dim, .dim = dim, .w1 = w1, .gx = gx, .gw1 = gw1, .gb1 = gb1};
+    if (!sgemm_fn || cascade_shapes(&c) || (w1 ? !x || dim < 1 : !gy1)) return 1;
     const int nt = threads_for(threads, B);
     int failed = 0;
     float *own[8] = {NULL}; /* the padded pointwise weights */
@@ -694,6 +782,8 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
         c.pw_n[s] = (size_t)9 * widths[s] * widths[s - 1];
         c.part_n += c.dw_n[s] + c.pw_n[s] + (size_t)3 * widths[s];
     }
+    c.w1_off = c.part_n; /* then scale 1's weight and bias gradient sums (3 c_1 (dim + 1)), with w1 */
+    if (w1) c.part_n += (size_t)3 * widths[0] * (dim + 1);
     c.parts = failed ? NULL : zeroed(c.part_n * nt);
     failed |= !c.parts;
     if (!failed) failed = run_threads(backward_images, &c, nt);
@@ -722,6 +812,14 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
                     for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + off + c.dw_n[s] + c.pw_n[s] + q];
                     gpbs[s - 1][q] = sum;
                 }
+        }
+    const size_t w1_n = (size_t)3 * widths[0] * dim;
+    if (!failed && w1) /* scale 1's sums, likewise */
+        for (size_t q = 0; q < w1_n + 3 * widths[0]; q++) {
+            float sum = 0;
+            for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + c.w1_off + q];
+            if (q < w1_n && gw1) gw1[q] = sum;
+            if (q >= w1_n && gb1) gb1[q - w1_n] = sum;
         }
     free(c.parts);
     for (int s = 1; s < S; s++) free(c.taps[s]), free(c.flips[s]), free(own[s]);
