@@ -319,10 +319,9 @@ def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
     """One LIFE layer of the row's LIFE model at its shapes against ``nn.Linear(dim, 3 D)`` (the plain model's qkv),
     calls interleaved (12 inputs in turn, out of cache), inference and training (forward + backward), and where the
     native cascade's first thread spends its time, phase by phase (a kernel built with ``LIFEVIT_NATIVE_PHASES=1``,
-    which ``main`` sets). Per call: medians of the whole calls, means of the phases (one thread's share of the batch).
-    In training the scale-1 projection is an ``nn.Linear`` under autograd, outside the cascade: it is timed alone as
-    well (interleaved with the others). "rest" is the LIFE call's median minus the phases (and, in training, minus
-    the scale-1 projection): thread start and join, the threads' weight-gradient sums, Python."""
+    which ``main`` sets). Per call: medians of the whole calls, means of the phases (one thread's share of the batch);
+    "rest" is the LIFE call's mean minus the phases: thread start and join, the threads' weight-gradient sums,
+    autograd and Python (and the second thread's lag, if any)."""
     from lifevit.layers import dwconv, life_layers
 
     torch = _setup(args)
@@ -334,7 +333,6 @@ def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
     linear = torch.nn.Linear(layer.dim, 3 * D)
     xs = [torch.randn(batch, P + H * W, layer.dim, requires_grad=True) for _ in range(12)]
     gs = [torch.randn(batch, P + H * W, 3 * D) for _ in range(12)]
-    g1s = [g[..., : 3 * layer.widths[0]].contiguous() for g in gs]  # for the scale-1 projection alone
 
     def infer(m):
         def run(i):
@@ -346,18 +344,17 @@ def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
     def train(m):
         def run(i):
             y = m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
-            y.backward((g1s if m is layer.linear else gs)[i % 12])
+            y.backward(gs[i % 12])
 
         return run
 
     res: Dict[str, float] = {}
     print(f"{row}: one LIFE layer, ({batch}, {P + H * W}, {layer.dim}) tokens, widths {layer.widths}, "
-          f"{args.threads} threads; per call, ms (medians of {calls} interleaved calls; phases: the cascade's first "
-          "thread, means)")  # fmt: skip
+          f"{args.threads} threads; per call, ms (medians of {calls} interleaved calls; phases and rest: the "
+          "cascade's first thread, means)")  # fmt: skip
     for mode, make in (("inference", infer), ("training", train)):
         variants = {}
-        models = (("linear", linear), ("life", layer), *((("scale1", layer.linear),) if mode == "training" else ()))
-        for name, m in models:
+        for name, m in (("linear", linear), ("life", layer)):
             op, calls_of = make(m), itertools.count()
             variants[name] = lambda op=op, c=calls_of: op(next(c))
         _interleaved(argparse.Namespace(warmup=0, rounds=1), variants, 12)  # first touches, not kept
@@ -367,9 +364,7 @@ def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
         med = {n: 1e3 * statistics.median(v) for n, v in times.items()}
         passes = ("forward",) if mode == "inference" else ("forward", "backward")
         parts = {f"{ps}_{ph}": 1e3 * t / calls for ps in passes for ph, t in phases[ps].items() if t > 0}
-        if "scale1" in med:
-            parts["scale1_linear_autograd"] = med["scale1"]
-        rest = med["life"] - sum(parts.values())
+        rest = 1e3 * statistics.mean(times["life"]) - sum(parts.values())  # means, as the phases
         res.update({f"{mode}_linear_ms": med["linear"], f"{mode}_life_ms": med["life"], f"{mode}_rest_ms": rest,
                     **{f"{mode}_{k}_ms": v for k, v in parts.items()}})  # fmt: skip
         print(f"  {mode}: nn.Linear {med['linear']:.2f}, LIFE {med['life']:.2f} (x{med['life'] / med['linear']:.3f}); "

@@ -350,3 +350,33 @@ def test_training_computes_only_the_gradients_asked_for():
     for n, p in layer.named_parameters():
         if n in expected:
             assert torch.equal(p.grad, expected[n]), n
+
+
+def test_phase_timing_build(tmp_path):
+    """``LIFEVIT_NATIVE_PHASES=1`` builds a kernel that times the cascade's phases (``native_phases``, for
+    ``benchmarks/life_overhead.py --native-phases``); the ordinary build has none."""
+    import os
+    import subprocess
+    import sys
+
+    child = (
+        "import torch\n"
+        "from lifevit.layers import LIFE, dwconv\n"
+        "m = LIFE(48, grid_size=(4, 4))\n"
+        "m(torch.randn(3, 17, 48)).sum().backward()\n"
+        "p = dwconv.native_phases()\n"
+        "print(None if p is None else sorted(k for k, v in p['forward'].items() if v > 0), "
+        "None if p is None else sorted(k for k, v in p['backward'].items() if v > 0))\n"
+    )
+    out = {}
+    for phases in ("0", "1"):
+        env = dict(os.environ, LIFEVIT_NATIVE_PHASES=phases, LIFEVIT_CACHE=str(tmp_path))
+        proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[phases] = proc.stdout.strip()
+    assert out["0"] == "None None"
+    forward, backward = out["1"].split("] [")
+    for phase in ("matmul_scale1", "matmul", "pad", "conv", "write_rows"):
+        assert f"'{phase}'" in forward, out["1"]
+    for phase in ("matmul_scale1", "matmul", "read_rows", "pad", "conv", "wgrad", "bias"):
+        assert f"'{phase}'" in backward, out["1"]

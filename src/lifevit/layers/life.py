@@ -27,12 +27,13 @@ Width split: ``out_dim`` is divided as evenly as possible, earlier scales taking
 
 Cost. In eager mode every scale is written straight into one output buffer (no concatenation). On CPU in float32
 the whole cascade runs as one native call a few images at a time, every scale in cache (``dwconv.life_scales``:
-the layer reads its input and writes its output once), in inference from the input tokens (scale 1 included, where
-``linear`` is a plain, unhooked ``nn.Linear``), in training from scale 1 on, with a backward pass of the same kind
-(``dwconv.life_scales_backward``); elsewhere the scales run as separate operations. In training the
-scales 2..S run inside one autograd function that keeps nothing but that output buffer (which the attention
-keeps anyway, as q, k and v) and recomputes the cheap depthwise convolutions in backward, so LIFE's training
-memory is close to the plain projection's. Its depthwise weight gradients are returned contiguous, the layout
+the layer reads its input and writes its output once), from the input tokens (scale 1 included) where ``linear`` is
+a plain, unhooked ``nn.Linear``, else from scale 1 on (the projection called as it is), in training with a backward
+pass of the same kind (``dwconv.life_scales_backward``); elsewhere the scales run as separate operations. In
+training the scales (2..S, or all of them) run inside one autograd function that keeps nothing but that output
+buffer (which the attention keeps anyway, as q, k and v) and the tokens (which the projection would keep), and
+recomputes the cheap depthwise convolutions in backward, so LIFE's training memory is close to the plain
+projection's. Its depthwise weight gradients are returned contiguous, the layout
 DistributedDataParallel's buckets expect. Under ``torch.compile`` / ``torch.export`` the scales are traced as new
 tensors joined by one concatenation, with ordinary autograd (the compiler plans recomputation itself; in-place
 writes into a buffer compile into a slow copy kernel). The depthwise convolutions, their input
