@@ -334,17 +334,19 @@ def native_phases(args, row: str, calls: int = 60) -> Dict[str, float]:
     xs = [torch.randn(batch, P + H * W, layer.dim, requires_grad=True) for _ in range(12)]
     gs = [torch.randn(batch, P + H * W, 3 * D) for _ in range(12)]
 
+    def call(m, i):  # input i of the 12 through the LIFE layer (on its grid) or the linear
+        return m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
+
     def infer(m):
         def run(i):
             with torch.no_grad():
-                m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
+                call(m, i)
 
         return run
 
     def train(m):
         def run(i):
-            y = m(xs[i % 12], grid_size=(H, W)) if m is layer else m(xs[i % 12])
-            y.backward(gs[i % 12])
+            call(m, i).backward(gs[i % 12])
 
         return run
 

@@ -1,7 +1,10 @@
 """LIFE's whole cascade in one native call (``dwconv.life_scales`` / ``life_scales_backward``) against the same
 layer run as separate operations: forward (no-grad and training) and every gradient, and where it steps aside."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -355,10 +358,6 @@ def test_training_computes_only_the_gradients_asked_for():
 def test_phase_timing_build(tmp_path):
     """``LIFEVIT_NATIVE_PHASES=1`` builds a kernel that times the cascade's phases (``native_phases``, for
     ``benchmarks/life_overhead.py --native-phases``); the ordinary build has none."""
-    import os
-    import subprocess
-    import sys
-
     child = (
         "import torch\n"
         "from lifevit.layers import LIFE, dwconv\n"

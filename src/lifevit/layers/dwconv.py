@@ -391,8 +391,12 @@ def _tile(N: int, widths) -> int:
     return max(1, _TILE_BYTES // (N * 3 * max(widths) * 4))
 
 
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
 def _ptrs(ts) -> ctypes.Array:
-    return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
+    return (ctypes.c_void_p * len(ts))(*[_ptr(t) for t in ts])
 
 
 def life_scales(x, w1, b1, dws, pws, pbs, P: int, H: int, W: int, widths) -> Optional[torch.Tensor]:
@@ -417,10 +421,9 @@ def life_scales(x, w1, b1, dws, pws, pbs, P: int, H: int, W: int, widths) -> Opt
     tile = _tile(N, widths)
     with _as_operator("lifevit::life_scales"):
         rc = lib.life_cascade(
-            x.data_ptr(), x.stride(0), x.stride(1), dim, None if w1c is None else w1c.data_ptr(),
-            None if b1c is None else b1c.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks),
-            _ptrs(dws), _ptrs(pws), _ptrs(pbs), out.data_ptr(), B, N, P, H, W, tile, _blas_sgemm(),
-            torch.get_num_threads(),
+            x.data_ptr(), x.stride(0), x.stride(1), dim, _ptr(w1c), _ptr(b1c), S, (ctypes.c_int * S)(*widths),
+            (ctypes.c_int * (S - 1))(*ks), _ptrs(dws), _ptrs(pws), _ptrs(pbs), out.data_ptr(), B, N, P, H, W, tile,
+            _blas_sgemm(), torch.get_num_threads(),
         )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native cascade failed (code {rc}); set LIFEVIT_NATIVE=0")
@@ -461,8 +464,8 @@ def life_scales_backward(out, g, dws, pws, has_bias, P: int, H: int, W: int, wid
     with _as_operator("lifevit::life_scales_backward"):
         rc = lib.life_cascade_backward(
             out.data_ptr(), g.data_ptr(), S, (ctypes.c_int * S)(*widths), (ctypes.c_int * (S - 1))(*ks), _ptrs(dws),
-            _ptrs(pws), *_ptrs([g_y1]), _ptrs(g_dws), _ptrs(g_pws), _ptrs(g_pbs), *_ptrs([x]), dim,
-            *_ptrs([w1, g_x, g_w1, g_b1]), B, N, P, H, W, tile, _blas_sgemm(), torch.get_num_threads(),
+            _ptrs(pws), _ptr(g_y1), _ptrs(g_dws), _ptrs(g_pws), _ptrs(g_pbs), _ptr(x), dim, _ptr(w1), _ptr(g_x),
+            _ptr(g_w1), _ptr(g_b1), B, N, P, H, W, tile, _blas_sgemm(), torch.get_num_threads(),
         )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"LIFE's native cascade backward failed (code {rc}); set LIFEVIT_NATIVE=0")

@@ -749,6 +749,17 @@ static int backward_images(const cascade_t *c, int t, int nt) {
     return 0;
 }
 
+/* dst[q] = the sum over threads t = 0 .. nt - 1, in that order, of parts[t * stride + off + q], q < n; nothing when dst
+   is NULL (a gradient not wanted) */
+static void add_parts(const float *parts, size_t stride, int nt, size_t off, size_t n, float *dst) {
+    if (dst)
+        for (size_t q = 0; q < n; q++) {
+            float sum = 0;
+            for (int t = 0; t < nt; t++) sum += parts[stride * t + off + q];
+            dst[q] = sum;
+        }
+}
+
 /* The backward pass of life_cascade, tile by tile in cache as well. out (B, N, 3, D) is the forward
    result (every scale: the depthwise inputs), g (B, N, 3, D) contiguous its gradient; the tile's rows of both are
    read once, in order, into the scales' tile buffers. For scale j = S .. 2 of a tile:
@@ -801,26 +812,15 @@ int life_cascade_backward(const float *out, const float *g, int S, const int *wi
                 memcpy(tmp + c.dw_n[s] * t, parts + c.part_n * t + off, sizeof(float) * c.dw_n[s]);
             sum_parts(&c.geo[s], tmp, nt, gdws[s - 1]);
             free(tmp);
-            for (size_t q = 0; q < c.pw_n[s]; q++) { /* column-major gP^T (3 c, 3 c2): gP (3 c2, 3 c) row-major */
-                float sum = 0;
-                for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + off + c.dw_n[s] + q];
-                gpws[s - 1][q] = sum;
-            }
-            if (gpbs[s - 1])
-                for (int q = 0; q < 3 * widths[s]; q++) {
-                    float sum = 0;
-                    for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + off + c.dw_n[s] + c.pw_n[s] + q];
-                    gpbs[s - 1][q] = sum;
-                }
+            /* column-major gP^T (3 c, 3 c2): gP (3 c2, 3 c) row-major */
+            add_parts(parts, c.part_n, nt, off + c.dw_n[s], c.pw_n[s], gpws[s - 1]);
+            add_parts(parts, c.part_n, nt, off + c.dw_n[s] + c.pw_n[s], 3 * widths[s], gpbs[s - 1]);
         }
-    const size_t w1_n = (size_t)3 * widths[0] * dim;
-    if (!failed && w1) /* scale 1's sums, likewise */
-        for (size_t q = 0; q < w1_n + 3 * widths[0]; q++) {
-            float sum = 0;
-            for (int t = 0; t < nt; t++) sum += parts[c.part_n * t + c.w1_off + q];
-            if (q < w1_n && gw1) gw1[q] = sum;
-            if (q >= w1_n && gb1) gb1[q - w1_n] = sum;
-        }
+    if (!failed && w1) { /* scale 1's sums, likewise */
+        const size_t w1_n = (size_t)3 * widths[0] * dim;
+        add_parts(parts, c.part_n, nt, c.w1_off, w1_n, gw1);
+        add_parts(parts, c.part_n, nt, c.w1_off + w1_n, 3 * widths[0], gb1);
+    }
     free(c.parts);
     for (int s = 1; s < S; s++) free(c.taps[s]), free(c.flips[s]), free(own[s]);
     return failed ? 3 : 0;
