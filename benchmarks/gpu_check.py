@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -161,8 +162,14 @@ def main(argv=None) -> int:
                 if time.time() - start > args.budget_s:
                     rows.append({**row, "skipped": "skipped (time budget)"})
                     continue
-                for name, key in ((base, "plain"), (base + "_life", "life")):
-                    row[key] = measure(name, img, batch, mode, compiled, device, steps, warmup)
+                try:
+                    for name, key in ((base, "plain"), (base + "_life", "life")):
+                        row[key] = measure(name, img, batch, mode, compiled, device, steps, warmup)
+                except Exception as err:  # one row that breaks (out of memory, a compiler error) keeps the others
+                    traceback.print_exc()
+                    first_line = (str(err).splitlines() or [""])[0]
+                    row = {**row, "skipped": f"failed: {type(err).__name__}: {first_line}"}
+                    row.pop("plain", None)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cli = {"status": "skipped (--no-cli)"} if args.no_cli else cli_run(args.device, args.data_root, args.quick)

@@ -35,3 +35,20 @@ def test_cli_row_is_skipped_without_fashion_mnist(tmp_path):
     (tmp_path / "empty").mkdir()
     result = _gpu_check().cli_run("cpu", str(tmp_path / "empty"), quick=True)
     assert result["status"].startswith("skipped: Fashion-MNIST not found")
+
+
+def test_a_row_that_fails_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    module = _gpu_check()
+    real = module.measure
+
+    def measure(name, img, batch, mode, *args):
+        if mode == "infer" and name.endswith("_life"):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+        return real(name, img, batch, mode, *args)
+
+    monkeypatch.setattr(module, "measure", measure)
+    out = tmp_path / "table.md"
+    assert module.main(["--device", "cpu", "--quick", "--no-cli", "--output", str(out)]) == 0
+    rows = {r.split("|")[4].strip(): r for r in out.read_text().splitlines() if r.startswith("| deit_tiny")}
+    assert float(rows["train"].split("|")[8]) > 0  # the training row was measured
+    assert "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB |" in rows["infer"]
