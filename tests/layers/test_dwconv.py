@@ -208,6 +208,34 @@ def test_backward_in_one_pass_matches_pytorch(k, B, H, W, G, cg, P, threads):
     assert torch.equal(gw2, depthwise_weight_grad(x, g, w, H, W))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [3, 5])
+def test_backward_through_pytorch_writes_in_place_and_matches(monkeypatch, k, dtype):
+    """Without the native kernel (GPU, bf16, no compiler) ``depthwise_backward`` makes one dense grid of each map and
+    takes both gradients from one ``convolution_backward``: the same results, written into the given views."""
+    monkeypatch.setattr(dwconv, "_lib_for", lambda *maps: None)
+    B, H, W, G, cg, P = 2, 5, 7, 3, 6, 1
+    x, g, add = token_map(B, H, W, G, cg, P), token_map(B, H, W, G, cg, 0, 1), token_map(B, H, W, G, cg, P, 2)
+    x, g, add = (t.to(dtype) for t in (x, g, add))
+    w = torch.randn(G * cg, 1, k, k, dtype=dtype)
+    bx, bg = torch.randn(B, P + H * W, G, cg + 2, dtype=dtype), torch.randn(B, P + H * W, G, cg + 1, dtype=dtype)
+    ex, eg = bx.clone(), bg.clone()
+    f32 = [t.float() for t in (x, g, add, w)]
+    ex[:, P:, :, :cg] = reference_conv(f32[0], f32[3], H, W).to(dtype)
+    eg[:, P:, :, :cg] = (f32[2] + reference_conv(f32[1], f32[3], H, W, flip=True)).to(dtype)
+    rx, rg, gw = depthwise_backward(x, g, w, H, W, add=add, out_x=bx[:, P:, :, :cg], out_g=bg[:, P:, :, :cg])
+    assert rx.data_ptr() == bx[:, P:].data_ptr() and rg.data_ptr() == bg[:, P:].data_ptr()
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    torch.testing.assert_close(bx, ex, **tol)  # nothing outside the views touched
+    torch.testing.assert_close(bg, eg, **tol)
+    assert gw.shape == w.shape and gw.dtype == dtype and gw.is_contiguous()
+    ref_gw = reference_wgrad(f32[0], f32[1], f32[3], H, W)
+    torch.testing.assert_close(gw.float(), ref_gw, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=5e-2)
+    rx, rg, gw2 = depthwise_backward(x, g, w, H, W)  # new tensors
+    assert rx.shape == rg.shape == x.shape
+    torch.testing.assert_close(rg.float(), reference_conv(f32[1], f32[3], H, W, flip=True), **tol)
+
+
 def _check_fallback(H=4, W=4):
     x, g, w = token_map(2, H, W, 3, 8, 1), token_map(2, H, W, 3, 8), torch.randn(24, 1, 5, 5)
     add, into = token_map(2, H, W, 3, 8), token_map(2, H, W, 3, 8, 1)

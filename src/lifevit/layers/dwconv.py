@@ -248,6 +248,15 @@ def _grid(m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return m.reshape(m.shape[0], H, W, C).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
+def _to_map(conv: torch.Tensor, shape, add: Optional[torch.Tensor], out: Optional[torch.Tensor]) -> torch.Tensor:
+    """``add + conv`` for a (B, C, H, W) channels-last result of PyTorch's, as a map of ``shape`` (B, H*W, C) or
+    (B, H*W, G, cg): written into ``out`` if given, else a new tensor (``conv`` itself, viewed, without ``add``)."""
+    conv = conv.permute(0, 2, 3, 1).reshape(shape)  # a view when conv is channels-last
+    if add is None:
+        return conv if out is None else out.copy_(conv)
+    return torch.add(add, conv) if out is None else torch.add(add, conv, out=out)
+
+
 def depthwise_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -273,10 +282,7 @@ def depthwise_conv(
             cm.copy_(xm)
         w = weight.flip(-1, -2) if flip else weight
         conv = F.conv2d(_grid(xm, H, W), w, None, padding=k // 2, groups=weight.shape[0])  # (B, C, H, W)
-        conv = conv.permute(0, 2, 3, 1).reshape(shape)  # a view: channels-last
-        if add is None:
-            return conv if out is None else out.copy_(conv)
-        return torch.add(add, conv) if out is None else torch.add(add, conv, out=out)
+        return _to_map(conv, shape, add, out)
     res = out if out is not None else x.new_empty(shape)
     om, am = _as_map(res, G), None if add is None else _as_map(add, G)
     B, _, G, cg = xm.shape
@@ -331,12 +337,16 @@ def depthwise_backward(
     G = _groups_of(x, g, add, out_x, out_g)
     xm, gm, am, om, im = (None if t is None else _as_map(t, G) for t in (x, g, add, out_x, out_g))
     lib = _lib_for(k, xm, gm, am, om, im, weight)
-    if lib is None:
-        return (
-            depthwise_conv(x, weight, H, W, out=out_x),
-            depthwise_conv(g, weight, H, W, flip=True, add=add, out=out_g),
-            depthwise_weight_grad(x, g, weight, H, W),
-        )
+    if lib is None:  # PyTorch's: each map into a dense grid once, both gradients from one call
+        C = weight.shape[0]
+        xg, gg = _grid(xm, H, W), _grid(gm, H, W)  # (B, C, H, W) channels-last
+        conv = F.conv2d(xg, weight, None, padding=k // 2, groups=C)
+        g_in, g_w, _ = torch.ops.aten.convolution_backward(
+            gg, xg, weight, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], C, [True, True, False]
+        )  # g_in: the flipped convolution of g
+        res_x = _to_map(conv, x.shape if out_x is None else out_x.shape, None, out_x)
+        res_g = _to_map(g_in, (g if add is None else add).shape if out_g is None else out_g.shape, add, out_g)
+        return res_x, res_g, g_w.reshape(-1).view(weight.shape)
     res_x = x.new_empty(x.shape) if out_x is None else out_x
     res_g = g.new_empty((g if add is None else add).shape) if out_g is None else out_g
     om, im = _as_map(res_x, G), _as_map(res_g, G)

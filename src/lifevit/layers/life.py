@@ -207,8 +207,10 @@ class _Scales(torch.autograd.Function):
     def forward(ctx, x, w1, b1, P, H, W, widths, *params):
         S1 = len(widths) - 1
         dws, pws, pbs = list(params[:S1]), list(params[S1 : 2 * S1]), list(params[2 * S1 :])
+        ctx.dtypes = [w.dtype for w in dws + pws + pbs if w is not None]  # the parameters', for their gradients
         out = life_scales(x, w1, b1, dws, pws, pbs, P, H, W, widths)  # (B, N, 3, D): native, in cache
-        if out is None:
+        if out is None:  # the weights in scale 1's dtype (autocast) once, kept so for backward (a few KiB)
+            dws, pws, pbs = ([None if w is None else w.to(x.dtype) for w in ws] for ws in (dws, pws, pbs))
             out = _scales_into(None, x if w1 is None else F.linear(x, w1, b1), P, H, W, widths, dws, pws, pbs)
         ctx.geometry = (P, H, W, widths, [b is not None for b in pbs], w1 is not None)
         ctx.save_for_backward(out, *dws, *pws, *(() if w1 is None else (x, w1)))
@@ -224,6 +226,7 @@ class _Scales(torch.autograd.Function):
         x, w1 = weights[2 * S1 :] if scale1 else (None, None)
         needs = ctx.needs_input_grad[:3]  # x (or y1), w1, b1
         # in cache, one call: the gradient at x (with w1) or at scale 1, w1's and b1's (or None), the scales' own
+        dt_dw, dt_pw = ctx.dtypes[:S1], ctx.dtypes[S1 : 2 * S1]  # the parameters' own (autocast: not the saved ones)
         native = life_scales_backward(out, g, dws, pws, has_bias, P, H, W, widths, x, w1, needs)
         if native is not None:
             g_x, g_dw, g_pw, g_pb, g_w1, g_b1 = native
@@ -254,10 +257,10 @@ class _Scales(torch.autograd.Function):
             x_s = _projection_input(slot(out, s - 1, 0, P), N, 3 * c)  # the projection's input, recomputed: ...
             # ... its patch tokens through the conv, with the conv's input and weight gradients, in one pass
             _, _, g_dw_s = depthwise_backward(x_map, g_conv, wd, H, W, slot(g, s - 1, P, N), x_s[:, P:], into[:, P:])
-            g_dw[s - 1] = g_dw_s.to(dws[s - 1].dtype)  # contiguous (DDP)
-            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x_s.flatten(0, 1)).to(pws[s - 1].dtype)  # (3*c_s, 3*c_{s-1})
+            g_dw[s - 1] = g_dw_s.to(dt_dw[s - 1])  # contiguous (DDP)
+            g_pw[s - 1] = (gy.flatten(0, 1).t() @ x_s.flatten(0, 1)).to(dt_pw[s - 1])  # (3*c_s, 3*c_{s-1})
             if has_bias[s - 1]:
-                g_pb[s - 1] = gy.sum((0, 1)).to(pws[s - 1].dtype)
+                g_pb[s - 1] = gy.sum((0, 1)).to(dt_pw[s - 1])
             gy, gx, g_conv, x_s = into.view(B, N, 3 * c), None, None, None
         if not scale1:
             return (g_y1, None, None, None, None, None, None, *g_dw, *g_pw, *g_pb)
