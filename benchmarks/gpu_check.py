@@ -9,8 +9,10 @@ CUDA; training step (forward, cross-entropy backward, AdamW) and inference, eage
 freed), so its peak memory (``torch.cuda.max_memory_allocated``) is its own: weights, gradients, optimizer state
 and activations. Then ``lifevit train`` runs one epoch of Fashion-MNIST (60k images) on the GPU, so the AMP path
 of the real command runs once; without the data set that row says so and is skipped. Rows that would start after
-``--budget-s`` are reported as skipped, so the script ends in time. The table is printed and written as markdown
-(``--output``) for ``docs/performance.md``.
+``--budget-s`` are reported as skipped, so the script ends in time. Last, one LIFE layer against ``nn.Linear(dim,
+3 dim)`` at DeiT-T / DeiT-S block shapes: wall time a call (eager, the host's work included) and GPU time alone (the
+call replayed as a CUDA graph), which tells a host-bound layer from a GPU-bound one. The tables are printed and
+written as markdown (``--output``) for ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,101 @@ def measure(name: str, img: int, batch: int, mode: str, compiled: bool, device, 
     return {"img_s": batch / statistics.median(times), "peak_mb": peak, "warmup_s": first_s}
 
 
+LAYER_SHAPES = [(512, 65, 192), (256, 197, 192), (512, 65, 384)]  # (B, N, dim): DeiT-T / DeiT-S blocks
+QUICK_LAYER_SHAPES = [(2, 17, 24)]
+
+
+def layer_times(B: int, N: int, dim: int, device, calls: int) -> Dict:
+    """One LIFE layer against the plain ``nn.Linear(dim, 3 dim)``, bf16 autocast on CUDA, training (forward and
+    backward) and inference: microseconds a call of wall time (what eager mode costs, the host's work included) and,
+    on CUDA, of GPU time alone (the same call replayed as a CUDA graph: no host work)."""
+    import torch
+
+    from lifevit.layers import LIFE
+
+    side = int((N - 1) ** 0.5)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    layers = {"plain": torch.nn.Linear(dim, 3 * dim).to(device), "life": LIFE(dim, grid_size=(side, side)).to(device)}
+    x = torch.randn(B, N, dim, device=device, requires_grad=True)
+    g = torch.randn(B, N, 3 * dim, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    def call(layer, mode):
+        def run():
+            if mode == "train":
+                with amp:
+                    y = layer(x)
+                y.backward(g)
+            else:
+                with torch.no_grad(), amp:
+                    layer(x)
+
+        return run
+
+    def wall_us(fn):
+        for _ in range(3):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / calls * 1e6
+
+    def gpu_us(fn):
+        if not cuda:
+            return None
+        side_stream = torch.cuda.Stream()
+        side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side_stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side_stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            graph.replay()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / calls * 1e6
+
+    out = {}
+    for mode in ("train", "infer"):
+        for key, layer in layers.items():
+            fn = call(layer, mode)
+            out[(mode, key)] = {"wall_us": wall_us(fn), "gpu_us": gpu_us(fn)}
+            x.grad = None
+    return out
+
+
+def layer_table(rows: List[Dict]) -> str:
+    lines = [
+        "| layer (B, N, dim) | mode | plain wall us | LIFE wall us | wall ratio | plain GPU us | LIFE GPU us "
+        "| GPU ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['shape']} | {r['mode']} | {r['skipped']} ||||||")
+            continue
+        p, q = r["plain"], r["life"]
+        gpu = (
+            f"{p['gpu_us']:.0f} | {q['gpu_us']:.0f} | {q['gpu_us'] / p['gpu_us']:.2f}"
+            if p["gpu_us"]
+            else "n/a | n/a | n/a"
+        )
+        lines.append(
+            f"| {r['shape']} | {r['mode']} | {p['wall_us']:.0f} | {q['wall_us']:.0f} | "
+            f"{q['wall_us'] / p['wall_us']:.2f} | {gpu} |"
+        )
+    return "\n".join(lines)
+
+
 def cli_run(device: str, data_root: Optional[str], quick: bool) -> Dict:
     """One epoch of ``lifevit train`` (bf16 autocast on CUDA) on Fashion-MNIST; skipped without the data set."""
     from lifevit.data.fashion_mnist import find_fashion_mnist
@@ -137,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-infer", action="store_true", help="also compile inference (more compile time)")
     p.add_argument("--no-cli", action="store_true", help="skip the lifevit train run")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: lifevit's usual search)")
-    p.add_argument("--budget-s", type=float, default=330.0, help="start no new row after this many seconds")
+    p.add_argument("--budget-s", type=float, default=280.0, help="start no new row after this many seconds")
     p.add_argument("--output", type=Path, default=None, help="markdown table (default: only printed)")
     args = p.parse_args(argv)
 
@@ -172,11 +269,24 @@ def main(argv=None) -> int:
                     row.pop("plain", None)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    layers: List[Dict] = []
+    for B, N, dim in QUICK_LAYER_SHAPES if args.quick else LAYER_SHAPES:
+        base = {"shape": f"({B}, {N}, {dim})"}
+        try:
+            times = layer_times(B, N, dim, device, calls=3 if args.quick else 30)
+            layers += [{**base, "mode": m, "plain": times[(m, "plain")], "life": times[(m, "life")]}
+                       for m in ("train", "infer")]  # fmt: skip
+        except Exception as err:
+            traceback.print_exc()
+            layers.append({**base, "mode": "both", "skipped": f"failed: {type(err).__name__}"})
     cli = {"status": "skipped (--no-cli)"} if args.no_cli else cli_run(args.device, args.data_root, args.quick)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     meta = {"device_name": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "seconds": round(time.time() - start)}  # fmt: skip
-    text = table(rows, cli, meta)
+    text = (
+        table(rows, cli, meta) + "\n\nOne layer against `nn.Linear(dim, 3 dim)` (wall: eager, the host's work "
+        "included; GPU: the same call replayed as a CUDA graph):\n\n" + layer_table(layers)
+    )
     print(text)
     if args.output:
         args.output.write_text(text + "\n")

@@ -29,6 +29,9 @@ def test_quick_cpu_mode_prints_the_table_and_runs_the_cli(tmp_path, capsys):
     assert len(rows) == 2 and {"train", "infer"} == {r.split("|")[4].strip() for r in rows}
     assert all(float(r.split("|")[8]) > 0 for r in rows)  # a time ratio was measured
     assert "'status': 'ok'" in text
+    layer_rows = [line for line in text.splitlines() if line.startswith("| (2, 17, 24)")]
+    assert {"train", "infer"} == {r.split("|")[2].strip() for r in layer_rows}
+    assert all(float(r.split("|")[5]) > 0 for r in layer_rows)  # a wall ratio was measured (no GPU time on CPU)
 
 
 def test_cli_row_is_skipped_without_fashion_mnist(tmp_path):
