@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from lifevit.layers import dwconv
-from lifevit.layers.dwconv import depthwise_backward, depthwise_conv, depthwise_weight_grad, native_status
+from lifevit.layers.dwconv import (
+    depthwise_backward,
+    depthwise_conv,
+    depthwise_conv_tokens,
+    depthwise_weight_grad,
+    native_status,
+)
 
 HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
 
@@ -234,6 +240,27 @@ def test_backward_through_pytorch_writes_in_place_and_matches(monkeypatch, k, dt
     rx, rg, gw2 = depthwise_backward(x, g, w, H, W)  # new tensors
     assert rx.shape == rg.shape == x.shape
     torch.testing.assert_close(rg.float(), reference_conv(f32[1], f32[3], H, W, flip=True), **tol)
+
+
+@pytest.mark.parametrize("kernels", ["native", "pytorch"])
+@pytest.mark.parametrize("P", [0, 2])
+def test_conv_tokens_keeps_prefix_tokens_and_fills_the_slot(monkeypatch, kernels, P):
+    """``depthwise_conv_tokens``: prefix tokens as they are, patch tokens through the conv, the input copied into a
+    slot view of another buffer on the way (nothing else of it touched); the same with either kernel."""
+    if kernels == "pytorch":
+        monkeypatch.setattr(dwconv, "_lib_for", lambda *maps: None)
+    B, H, W, cg = 2, 4, 5, 6
+    y = torch.randn(B, P + H * W, 3 * cg)
+    w = torch.randn(3 * cg, 1, 5, 5)
+    buf = torch.randn(B, P + H * W, 3, cg + 4)
+    expected = buf.clone()
+    expected[..., :cg] = y.view(B, -1, 3, cg)
+    x = depthwise_conv_tokens(y, w, P, H, W, copy_to=buf[..., :cg])
+    assert x.shape == y.shape and x.is_contiguous()
+    assert torch.equal(x[:, :P], y[:, :P])
+    torch.testing.assert_close(x[:, P:], reference_conv(y[:, P:], w, H, W), rtol=1e-5, atol=1e-5)
+    assert torch.equal(buf, expected)
+    torch.testing.assert_close(depthwise_conv_tokens(y, w, P, H, W), x, rtol=0, atol=0)  # without a slot
 
 
 def _check_fallback(H=4, W=4):

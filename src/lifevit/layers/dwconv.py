@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = [
-    "depthwise_conv", "depthwise_weight_grad", "depthwise_backward", "life_scales", "life_scales_backward",
-    "native_status", "native_phases", "NATIVE_PHASES",
+    "depthwise_conv", "depthwise_conv_tokens", "depthwise_weight_grad", "depthwise_backward", "life_scales",
+    "life_scales_backward", "native_status", "native_phases", "NATIVE_PHASES",
 ]  # fmt: skip
 
 _SOURCE = Path(__file__).with_name("native") / "dwconv.c"
@@ -294,6 +294,32 @@ def depthwise_conv(
     if rc != 0:
         raise RuntimeError(f"LIFE's native depthwise convolution failed (code {rc}); set LIFEVIT_NATIVE=0")
     return res
+
+
+def depthwise_conv_tokens(
+    y: torch.Tensor, weight: torch.Tensor, P: int, H: int, W: int, copy_to: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Tokens (B, P + H*W, C) -> a new dense (B, P + H*W, C): the P prefix tokens as they are, the patch tokens through
+    ``depthwise_conv``; ``y`` is also copied into ``copy_to`` ((B, N, G, cg), a view not overlapping ``y``) on the
+    way. The native kernel writes the convolution into place and copies while it reads; PyTorch's convolution (GPU,
+    bf16) needs a dense grid, so there the copy goes first and one concatenation joins the prefix tokens: the fewest
+    operations (a GPU's eager LIFE waits on the host's work per operation, ``docs/performance.md``)."""
+    B, N, C = y.shape
+    k, G = weight.shape[-1], _groups_of(copy_to)
+    patches, slot = _as_map(y[:, P:], G), None if copy_to is None else copy_to[:, P:]
+    if _lib_for(k, patches, slot, weight) is None:
+        if copy_to is not None:
+            copy_to.copy_(y.view(copy_to.shape))
+        conv = F.conv2d(_grid(patches, H, W), weight, None, padding=k // 2, groups=C)  # (B, C, H, W) channels-last
+        conv = conv.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view: dense
+        return torch.cat((y[:, :P], conv), dim=1) if P else conv
+    x = y.new_empty(B, N, C)
+    if P:
+        x[:, :P] = y[:, :P]
+        if copy_to is not None:
+            copy_to[:, :P] = y[:, :P].view(copy_to[:, :P].shape)
+    depthwise_conv(y[:, P:], weight, H, W, out=x[:, P:], copy_to=slot)
+    return x
 
 
 def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, H: int, W: int) -> torch.Tensor:

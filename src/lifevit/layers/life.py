@@ -52,7 +52,13 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _hooks
 
-from .dwconv import depthwise_backward, depthwise_conv, depthwise_conv_traced, life_scales, life_scales_backward
+from .dwconv import (
+    depthwise_backward,
+    depthwise_conv_tokens,
+    depthwise_conv_traced,
+    life_scales,
+    life_scales_backward,
+)
 
 __all__ = [
     "LIFE", "Pointwise", "split_widths", "POINTWISE_INITS", "LIFE_OPTIONS", "RELEASE_OPTIONS", "LIFEVIT_0_1_OPTIONS",
@@ -170,11 +176,8 @@ def _scales_into(out, y1, P, H, W, widths, dws: List, pws: List, pbs: List) -> t
     offset = 0
     for wd, wp, bp, c in zip(dws, pws, pbs, widths[1:]):
         slot = out[:, :, :, offset : offset + cs]  # (B, N, 3, c_s): scale s's place in the output
-        if P:
-            slot[:, :P] = y[:, :P].view(B, P, 3, cs)
-        # the next scale's input (the conv also copies the patch tokens into their slot on the way)
-        x = _projection_input(y[:, :P], N, wd.shape[0])  # (B, N, 3*c_s)
-        depthwise_conv(y[:, P:], wd.to(dt), H, W, out=x[:, P:], copy_to=slot[:, P:])
+        # the next scale's input: patch tokens through the conv, prefix tokens as they are; y into its slot on the way
+        x = depthwise_conv_tokens(y, wd.to(dt), P, H, W, copy_to=slot)  # (B, N, 3*c_s)
         y = None  # scale s is in ``out`` now: free it before the next allocation
         y = F.linear(x, wp.to(dt), None if bp is None else bp.to(dt))  # (B, N, 3*c): one projection for all tokens
         x = None  # likewise
