@@ -152,27 +152,33 @@ def layer_times(B: int, N: int, dim: int, device, calls: int) -> Dict:
     return out
 
 
-def layer_table(rows: List[Dict]) -> str:
-    lines = [
-        "| layer (B, N, dim) | mode | plain wall us | LIFE wall us | wall ratio | plain GPU us | LIFE GPU us "
-        "| GPU ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+def _cells(p: Dict, q: Dict, key: str, digits: int) -> str:
+    """The cells 'plain | LIFE | LIFE / plain' of one measure; n/a where it was not measured (on CPU)."""
+    if not p[key]:
+        return "n/a | n/a | n/a"
+    return f"{p[key]:.0f} | {q[key]:.0f} | {q[key] / p[key]:.{digits}f}"
+
+
+def _markdown(header: List[str], keys: List[str], rows: List[Dict], cells) -> List[str]:
+    """A markdown table: the columns ``keys`` of each row, then ``cells(plain, life)``; a skipped row says why."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * (len(header) - len(keys))]
     for r in rows:
+        lead = " | ".join(str(r[k]) for k in keys)
         if "skipped" in r:
-            lines.append(f"| {r['shape']} | {r['mode']} | {r['skipped']} ||||||")
-            continue
-        p, q = r["plain"], r["life"]
-        gpu = (
-            f"{p['gpu_us']:.0f} | {q['gpu_us']:.0f} | {q['gpu_us'] / p['gpu_us']:.2f}"
-            if p["gpu_us"]
-            else "n/a | n/a | n/a"
+            lines.append(f"| {lead} | {r['skipped']} " + "|" * (len(header) - len(keys)))
+        else:
+            lines.append(f"| {lead} | {cells(r['plain'], r['life'])} |")
+    return lines
+
+
+def layer_table(rows: List[Dict]) -> str:
+    header = ["layer (B, N, dim)", "mode", "plain wall us", "LIFE wall us", "wall ratio", "plain GPU us", "LIFE GPU us",
+              "GPU ratio"]  # fmt: skip
+    return "\n".join(
+        _markdown(
+            header, ["shape", "mode"], rows, lambda p, q: f"{_cells(p, q, 'wall_us', 2)} | {_cells(p, q, 'gpu_us', 2)}"
         )
-        lines.append(
-            f"| {r['shape']} | {r['mode']} | {p['wall_us']:.0f} | {q['wall_us']:.0f} | "
-            f"{q['wall_us'] / p['wall_us']:.2f} | {gpu} |"
-        )
-    return "\n".join(lines)
+    )
 
 
 def cli_run(device: str, data_root: Optional[str], quick: bool) -> Dict:
@@ -201,27 +207,14 @@ def cli_run(device: str, data_root: Optional[str], quick: bool) -> Dict:
 
 
 def table(rows: List[Dict], cli: Dict, meta: Dict) -> str:
-    lines = [
-        f"GPU check: {meta['device_name']}, torch {meta['torch']}, {meta['date']}, {meta['seconds']} s",
-        "",
-        "| model | px / patch | batch | mode | way | plain img/s | LIFE img/s | time ratio | plain MiB | LIFE MiB "
-        "| mem ratio |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['px']} | {r['batch']} | {r['mode']} | {r['way']} | {r['skipped']} |||||")
-            continue
-        p, q = r["plain"], r["life"]
-        mem = (
-            f"{p['peak_mb']:.0f} | {q['peak_mb']:.0f} | {q['peak_mb'] / p['peak_mb']:.3f}"
-            if p["peak_mb"]
-            else "n/a | n/a | n/a"
-        )
-        lines.append(
-            f"| {r['model']} | {r['px']} | {r['batch']} | {r['mode']} | {r['way']} | {p['img_s']:.0f} | "
-            f"{q['img_s']:.0f} | {p['img_s'] / q['img_s']:.3f} | {mem} |"
-        )
+    header = ["model", "px / patch", "batch", "mode", "way", "plain img/s", "LIFE img/s", "time ratio", "plain MiB",
+              "LIFE MiB", "mem ratio"]  # fmt: skip
+
+    def cells(p, q):  # time ratio: plain throughput / LIFE throughput
+        return f"{p['img_s']:.0f} | {q['img_s']:.0f} | {p['img_s'] / q['img_s']:.3f} | {_cells(p, q, 'peak_mb', 3)}"
+
+    lines = [f"GPU check: {meta['device_name']}, torch {meta['torch']}, {meta['date']}, {meta['seconds']} s", ""]
+    lines += _markdown(header, ["model", "px", "batch", "mode", "way"], rows, cells)
     lines += ["", f"`lifevit train` (vit_lite_patch4_28_life, Fashion-MNIST, 1 epoch, bf16 autocast): {cli}"]
     return "\n".join(lines)
 
