@@ -238,7 +238,8 @@ def test_backward_through_pytorch_writes_in_place_and_matches(monkeypatch, k, dt
     ref_gw = reference_wgrad(f32[0], f32[1], f32[3], H, W)
     torch.testing.assert_close(gw.float(), ref_gw, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=5e-2)
     rx, rg, gw2 = depthwise_backward(x, g, w, H, W)  # new tensors
-    assert rx.shape == rg.shape == x.shape
+    assert rx.shape == rg.shape == x.shape and torch.equal(gw2, gw)
+    torch.testing.assert_close(rx.float(), reference_conv(f32[0], f32[3], H, W), **tol)
     torch.testing.assert_close(rg.float(), reference_conv(f32[1], f32[3], H, W, flip=True), **tol)
 
 
