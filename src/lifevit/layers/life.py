@@ -210,7 +210,7 @@ class _Scales(torch.autograd.Function):
     def forward(ctx, x, w1, b1, P, H, W, widths, *params):
         S1 = len(widths) - 1
         dws, pws, pbs = list(params[:S1]), list(params[S1 : 2 * S1]), list(params[2 * S1 :])
-        ctx.dtypes = [w.dtype for w in dws + pws + pbs if w is not None]  # the parameters', for their gradients
+        ctx.dtypes = [w.dtype for w in dws], [w.dtype for w in pws]  # the parameters', for their gradients
         out = life_scales(x, w1, b1, dws, pws, pbs, P, H, W, widths)  # (B, N, 3, D): native, in cache
         if out is None:  # the weights in scale 1's dtype (autocast) once, kept so for backward (a few KiB)
             dws, pws, pbs = ([None if w is None else w.to(x.dtype) for w in ws] for ws in (dws, pws, pbs))
@@ -229,7 +229,7 @@ class _Scales(torch.autograd.Function):
         x, w1 = weights[2 * S1 :] if scale1 else (None, None)
         needs = ctx.needs_input_grad[:3]  # x (or y1), w1, b1
         # in cache, one call: the gradient at x (with w1) or at scale 1, w1's and b1's (or None), the scales' own
-        dt_dw, dt_pw = ctx.dtypes[:S1], ctx.dtypes[S1 : 2 * S1]  # the parameters' own (autocast: not the saved ones)
+        dt_dw, dt_pw = ctx.dtypes  # the parameters' own (under autocast not the saved copies')
         native = life_scales_backward(out, g, dws, pws, has_bias, P, H, W, widths, x, w1, needs)
         if native is not None:
             g_x, g_dw, g_pw, g_pb, g_w1, g_b1 = native

@@ -623,6 +623,12 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
     return failed ? 3 : 0;
 }
 
+/* sum[q] += rows[r * ld + q] for every row r < n, q < w: a bias gradient's column sums, in double */
+static void add_rows(const float *rows, long n, long ld, int w, double *sum) {
+    for (long r = 0; r < n; r++)
+        for (int q = 0; q < w; q++) sum[q] += rows[r * ld + q];
+}
+
 /* thread t's images of life_cascade_backward, its weight gradient sums into its part of c->parts: buffers y_1 ..
    y_{S-1} (the convs' inputs, from out), g_1 .. g_S (g's scales, each turned into the gradient reaching that scale in
    place), gx, x_j, two padded images per conv (y, gx), a row; rows of ld[s] floats as in the forward pass (the
@@ -709,9 +715,7 @@ static int backward_images(const cascade_t *c, int t, int nt) {
             c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, xs, (const int *)&m_, gy,
                      (const int *)&k_, &one, gPs[j], (const int *)&m_);
             TICK(t, 1, PH_MATMUL);
-            if (c->gpbs[j - 1]) /* the bias gradient, where the projection has a bias */
-                for (int r = 0; r < n; r++)
-                    for (int q = 0; q < 3 * c2; q++) bsum[(size_t)3 * c->cmax * j + q] += gy[(size_t)r * l2 + q];
+            if (c->gpbs[j - 1]) add_rows(gy, n, l2, 3 * c2, bsum + (size_t)3 * c->cmax * j); /* where it has a bias */
             TICK(t, 1, PH_BIAS);
         }
         if (c->w1) { /* scale 1's projection y_1 = x W_1^T + b_1, from gy_1 (gs[0], (n, ld[0])) in cache */
@@ -725,9 +729,7 @@ static int backward_images(const cascade_t *c, int t, int nt) {
                 c->sgemm("N", "T", (const int *)&m_, (const int *)&k_, (const int *)&n_, &one, c->x + b0 * c->xsb,
                          (const int *)&c->xst, gs[0], (const int *)&ldg, &one, gW1, (const int *)&m_);
             TICK(t, 1, PH_MATMUL1);
-            if (c->gb1)
-                for (int r = 0; r < n; r++)
-                    for (int q = 0; q < c1; q++) bsum[q] += gs[0][(size_t)r * ldg + q];
+            if (c->gb1) add_rows(gs[0], n, ldg, c1, bsum);
             TICK(t, 1, PH_BIAS);
         } else if (!direct) { /* else it is there already */
             for (int r = 0; r < n; r++) memcpy(g1 + (size_t)r * c1, gs[0] + (size_t)r * c->ld[0], sizeof(float) * c1);
