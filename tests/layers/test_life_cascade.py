@@ -102,6 +102,32 @@ def test_inference_matches_separate_operations(case, setting, monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_forward_tiles_taken_in_turn(threads, monkeypatch):
+    """The forward's tiles go to whichever thread is free: whole tiles (3 images here) over the head of the batch,
+    tiles of 2 over its last threads * 3 images (11 images: [0, 3) [3, 5) then tiles of 2, or all 11 in tiles of 2 on
+    3 threads). Every image computed once and right, and the same result however the threads' timing falls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(dwconv, "_tile", lambda N, widths: 3)
+    try:
+        layer = make(48, (3, 5), 1, False, True, (4, 4))
+        x0 = torch.randn(11, 17, 48)
+        with monkeypatch.context() as m:
+            separate(m)
+            with torch.no_grad():
+                expected = layer(x0)
+        count = calls(monkeypatch)
+        with torch.no_grad():
+            got = [layer(x0) for _ in range(5)]
+        assert count["forward"] == 5
+        for out in got:
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            assert torch.equal(out, got[0])
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("view", ["channels-strided", "tokens-strided"])
 def test_inference_reads_strided_tokens(view, monkeypatch):
     """Input tokens that are a view: every other token of a longer sequence (the cascade reads it in place), or

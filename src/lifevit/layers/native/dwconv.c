@@ -440,6 +440,7 @@ typedef struct {
     int dim;
     float *out;
     int stream; /* out written with streaming stores (to_rows) */
+    int *next;  /* the forward's next tile to take (forward_tile), shared by its threads */
     /* backward */
     const float *y, *g; /* the forward's out and its gradient */
     float *gy1, *parts, *const *gpbs; /* gpbs[s] NULL: no bias (no bias gradient) */
@@ -543,7 +544,27 @@ static void from_rows(const cascade_t *c, const float *o, long n, int S, float *
                        sizeof(float) * c->widths[s]);
 }
 
-/* thread t's images of life_cascade: buffers y_1 .. y_S, x_s, a padded image per conv, a row */
+/* The forward's tiles, the same for any timing: whole tiles (c->tile images) over the batch but its last nt * tile
+   images, those in tiles of TAIL images (or tile, if fewer). Threads take them in turn (forward_tile), so that a thread that runs slower
+   (on a shared host one core often lags the other by 5-10 % of a call) is caught up by the others in the small tiles at
+   the end; every image's result is the same whichever thread computes it. Against an even split of the batch: one
+   LIFE layer's inference call 0.954-0.986 of its time (2 threads, four shapes, docs/performance.md). */
+#define TAIL 2
+
+/* the images [*b0, *b0 + *nb) of the next tile not yet taken; 0 when none is left */
+static int forward_tile(const cascade_t *c, int nt, int *b0, int *nb) {
+    const int small = c->tile < TAIL ? c->tile : TAIL; /* never more than the buffers' tile */
+    const int tail = c->B < nt * c->tile ? c->B : nt * c->tile, head = c->B - tail;
+    const int nhead = (head + c->tile - 1) / c->tile, ntiles = nhead + (tail + small - 1) / small;
+    const int i = __atomic_fetch_add(c->next, 1, __ATOMIC_RELAXED);
+    if (i >= ntiles) return 0;
+    *b0 = i < nhead ? i * c->tile : head + (i - nhead) * small;
+    const int end = *b0 + (i < nhead ? c->tile : small), last = i < nhead ? head : c->B;
+    *nb = (end < last ? end : last) - *b0;
+    return 1;
+}
+
+/* thread t's share of life_cascade's tiles: buffers y_1 .. y_S, x_s, a padded image per conv, a row */
 static int forward_images(const cascade_t *c, int t, int nt) {
     const int S = c->S, N = c->N, P = c->P;
     size_t total = (S + 1) * c->tn + c->rows;
@@ -552,10 +573,10 @@ static int forward_images(const cascade_t *c, int t, int nt) {
     if (!buf) return 1;
     float *xs = buf + S * c->tn, *pad = xs + c->tn, *row = pad;
     for (int s = 1; s < S; s++) row += c->pad_n[s];
-    const int b_end = (int)((long)c->B * (t + 1) / nt);
+    (void)t; /* the tiles go to whichever thread is free, not by number (only TICK reads t) */
     TICK(t, 0, -1);
-    for (int b0 = (int)((long)c->B * t / nt); b0 < b_end; b0 += c->tile) {
-        const int nb = b_end - b0 < c->tile ? b_end - b0 : c->tile, n = nb * N;
+    for (int b0, nb; forward_tile(c, nt, &b0, &nb);) {
+        const int n = nb * N;
         const float *ys[8]; /* scale s of the tile's images, rows of lds[s] floats */
         long lds[8];
         for (int s = 0; s < S; s++) ys[s] = buf + s * c->tn, lds[s] = c->ld[s];
@@ -617,6 +638,8 @@ int life_cascade(const float *x, long xsb, long xst, int dim, const float *w1, c
         c.pbp[s] = padded(pbs[s - 1], 1, 3 * widths[s], 1, c.ld[s], &own[2 * s + 1]);
         failed |= !c.taps[s] || !c.pwp[s] || (pbs[s - 1] && !c.pbp[s]);
     }
+    int next = 0; /* forward_tile's counter */
+    c.next = &next;
     if (!failed) failed = run_threads(forward_images, &c, threads_for(threads, B));
     for (int s = 1; s < S; s++) free(c.taps[s]);
     for (int q = 0; q < 2 * S; q++) free(own[q]);
